@@ -1,0 +1,118 @@
+"""A cluster = a scheduler's syntax composed with a connection to the host that runs it."""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import PurePosixPath
+
+from zbatch.connections.base import Connection
+from zbatch.connections.local import LocalConnection
+from zbatch.errors import ProfileError, SchedulerError
+from zbatch.jobs import ExitRecord, JobPaths
+from zbatch.profiles import Profile
+from zbatch.schedulers import scheduler_for
+from zbatch.schedulers.base import Scheduler, SchedulerStatus
+from zbatch.steps import PreparedJob
+
+log = logging.getLogger(__name__)
+
+
+class Cluster(ABC):
+    """What the dispatcher, tracker and CLI need from any backend."""
+
+    scheduler_name: str
+
+    @abstractmethod
+    def submit(self, job: PreparedJob) -> str:
+        """Stage the job's files, submit its script and return the scheduler's job id."""
+
+    @abstractmethod
+    def statuses(self, job_ids: Sequence[str]) -> dict[str, SchedulerStatus]:
+        """One query for all `job_ids`; jobs the scheduler no longer knows are absent."""
+
+    @abstractmethod
+    def detail(self, job_id: str) -> SchedulerStatus | None:
+        """Accounting for a job gone from the queue, where the scheduler keeps any."""
+
+    @abstractmethod
+    def cancel(self, job_ids: Sequence[str]) -> None: ...
+
+    @abstractmethod
+    def read_text(self, path: PurePosixPath) -> str | None: ...
+
+    def exit_record(self, paths: JobPaths) -> ExitRecord | None:
+        text = self.read_text(PurePosixPath(paths.exit_record))
+        return ExitRecord.parse(text) if text else None
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+class CommandCluster(Cluster):
+    """Runs the scheduler's commands through a connection (local subprocess or SSH)."""
+
+    def __init__(self, scheduler: Scheduler, connection: Connection) -> None:
+        self.scheduler = scheduler
+        self.scheduler_name = scheduler.name
+        self.connection = connection
+
+    def submit(self, job: PreparedJob) -> str:
+        for path, text in job.files.items():
+            self.connection.put_file(PurePosixPath(path), text)
+        self.connection.put_file(PurePosixPath(job.paths.script), job.script, mode=0o755)
+        result = self.connection.run(self.scheduler.submit_argv(str(job.paths.script)))
+        if result.returncode != 0:
+            raise SchedulerError(
+                f"{self.scheduler.name} refused job {job.spec.name}: {result.describe()}"
+            )
+        return self.scheduler.parse_submit(result.stdout)
+
+    def statuses(self, job_ids: Sequence[str]) -> dict[str, SchedulerStatus]:
+        if not job_ids:
+            return {}
+        result = self.connection.run(self.scheduler.status_argv(job_ids))
+        if result.returncode != 0:
+            if self.scheduler.status_error_is_empty(result.stderr):
+                return {}
+            raise SchedulerError(f"status query failed: {result.describe()}", transient=True)
+        return self.scheduler.parse_status(result.stdout, job_ids)
+
+    def detail(self, job_id: str) -> SchedulerStatus | None:
+        argv = self.scheduler.detail_argv(job_id)
+        if argv is None:
+            return None
+        result = self.connection.run(argv)
+        return (
+            self.scheduler.parse_detail(result.stdout, job_id) if result.returncode == 0 else None
+        )
+
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        result = self.connection.run(self.scheduler.cancel_argv(job_ids))
+        if result.returncode != 0:
+            raise SchedulerError(f"cancel failed: {result.describe()}")
+
+    def read_text(self, path: PurePosixPath) -> str | None:
+        return self.connection.read_file(path)
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def cluster_for(profile: Profile) -> Cluster:
+    """Compose the backend a profile describes."""
+    kind = profile.connection.type
+    if kind == "local":
+        return CommandCluster(
+            scheduler_for(profile), LocalConnection(profile.connection.command_timeout_s)
+        )
+    if kind == "ssh":
+        from zbatch.connections.ssh import SshConnection
+
+        return CommandCluster(scheduler_for(profile), SshConnection(profile.connection))
+    if kind == "drmaa":
+        from zbatch.connections.drmaa_cluster import DrmaaCluster
+
+        return DrmaaCluster(profile)
+    raise ProfileError(f"{profile.source}: connection type {kind!r} is not supported")

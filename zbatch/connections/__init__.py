@@ -1,0 +1,1 @@
+"""Connections know how to reach a host: run an argument list, write and read files."""

@@ -1,0 +1,54 @@
+"""Run scheduler commands on this machine as plain subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+
+from zbatch.connections.base import CommandResult, Connection
+from zbatch.errors import ConnectionFailure
+from zbatch.jobs import atomic_write
+
+
+class LocalConnection(Connection):
+    def __init__(self, command_timeout: float = 60.0) -> None:
+        self.command_timeout = command_timeout
+
+    def run(self, argv: Sequence[str], timeout: float | None = None) -> CommandResult:
+        limit = timeout or self.command_timeout
+        try:
+            done = subprocess.run(
+                list(argv),
+                capture_output=True,
+                text=True,
+                timeout=limit,
+                check=False,
+                stdin=subprocess.DEVNULL,
+            )
+        except FileNotFoundError:
+            raise ConnectionFailure(
+                f"command {argv[0]!r} not found on this machine", transient=False
+            ) from None
+        except subprocess.TimeoutExpired:
+            raise ConnectionFailure(f"{argv[0]} did not answer within {limit:g} s") from None
+        return CommandResult(list(argv), done.returncode, done.stdout, done.stderr)
+
+    def put_file(self, path: PurePosixPath, data: str, mode: int = 0o644) -> None:
+        target = Path(path)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(target, data, mode)
+        except OSError as exc:
+            raise ConnectionFailure(
+                f"cannot write {path}: {exc.strerror}", transient=False
+            ) from None
+
+    def read_file(self, path: PurePosixPath) -> str | None:
+        try:
+            return Path(path).read_text(errors="replace")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise ConnectionFailure(f"cannot read {path}: {os.strerror(exc.errno or 0)}") from None

@@ -1,0 +1,146 @@
+"""The SQLite record of every step zbatch submitted: idempotency and status across restarts.
+
+A step is claimed (state `submitting`) before the scheduler sees it and updated with the job
+id once accepted, so a redelivered message for a claimed step is recognised, not resubmitted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from zbatch.envelope import StepMessage
+from zbatch.jobs import JobState
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    key TEXT PRIMARY KEY,
+    recipe_id TEXT NOT NULL,
+    pointer INTEGER NOT NULL,
+    profile TEXT NOT NULL,
+    scheduler TEXT NOT NULL,
+    job_name TEXT NOT NULL,
+    job_id TEXT,
+    state TEXT NOT NULL,
+    exit_code INTEGER,
+    reason TEXT NOT NULL DEFAULT '',
+    workdir TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    message_path TEXT NOT NULL,
+    claimed_by TEXT NOT NULL DEFAULT '',
+    reported INTEGER NOT NULL DEFAULT 0,
+    submitted_at REAL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_active ON jobs (state, profile);
+CREATE INDEX IF NOT EXISTS jobs_job_id ON jobs (job_id);
+"""
+SUBMITTING = "submitting"
+ACTIVE = (SUBMITTING, JobState.PENDING.value, JobState.RUNNING.value, JobState.UNKNOWN.value)
+
+
+def default_state_dir() -> Path:
+    return Path(os.environ.get("ZBATCH_STATE_DIR") or Path.home() / ".local/state/zbatch")
+
+
+def step_key(message: StepMessage) -> str:
+    """Same recipe run, same step, same input: the same key, however often it is delivered."""
+    ident = json.dumps(
+        [message.recipe_id, message.pointer, message.path, message.payload],
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(ident.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    key: str
+    recipe_id: str
+    pointer: int
+    profile: str
+    scheduler: str
+    job_name: str
+    job_id: str | None
+    state: str
+    exit_code: int | None
+    reason: str
+    workdir: str
+    tag: str
+    message_path: str
+    claimed_by: str
+    reported: int
+    submitted_at: float | None
+    updated_at: float
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE
+
+
+class Ledger:
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or default_state_dir() / "ledger.sqlite"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def claim(self, key: str, **fields: Any) -> LedgerEntry | None:
+        """Record a step before submitting it; returns the existing entry if already claimed."""
+        now = time.time()
+        row = {"key": key, "state": SUBMITTING, "updated_at": now, **fields}
+        columns = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        cursor = self.db.execute(
+            f"INSERT OR IGNORE INTO jobs ({columns}) VALUES ({marks})",  # noqa: S608 - fixed names
+            tuple(row.values()),
+        )
+        return None if cursor.rowcount == 1 else self.get(key)
+
+    def update(self, key: str, **fields: Any) -> None:
+        fields["updated_at"] = time.time()
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        self.db.execute(
+            f"UPDATE jobs SET {assignments} WHERE key = ?",  # noqa: S608 - fixed names
+            (*fields.values(), key),
+        )
+
+    def release(self, key: str) -> None:
+        """Forget a claim whose submission certainly failed, so a retry may submit again."""
+        self.db.execute("DELETE FROM jobs WHERE key = ? AND state = ?", (key, SUBMITTING))
+
+    def get(self, key: str) -> LedgerEntry | None:
+        row = self.db.execute("SELECT * FROM jobs WHERE key = ?", (key,)).fetchone()
+        return self._entry(row) if row else None
+
+    def _entry(self, row: tuple[Any, ...]) -> LedgerEntry:
+        return LedgerEntry(*row)
+
+    def find(
+        self, ids: list[str] | None = None, active_only: bool = False, profile: str | None = None
+    ) -> Iterator[LedgerEntry]:
+        query = "SELECT * FROM jobs WHERE 1=1"
+        args: list[Any] = []
+        if ids:
+            query += f" AND (job_id IN ({','.join('?' * len(ids))})"
+            query += f" OR key IN ({','.join('?' * len(ids))}))"
+            args += ids + ids
+        if active_only:
+            query += f" AND state IN ({','.join('?' * len(ACTIVE))})"
+            args += list(ACTIVE)
+        if profile:
+            query += " AND profile = ?"
+            args.append(profile)
+        for row in self.db.execute(query + " ORDER BY updated_at", args).fetchall():
+            yield self._entry(row)

@@ -1,0 +1,233 @@
+"""A tiny batch system for one machine: the `local` scheduler's submit/status/cancel commands.
+
+`python -m zbatch.localbatch submit --state-dir D --slots N SCRIPT` starts a detached runner
+that waits for one of N slot locks, runs the script in its own process group, enforces the
+`# zbatch-local: time-limit=` directive and records the outcome in D/jobs/<id>.json. Because it
+is driven by commands like sbatch, the local scheduler goes through the same connection and
+tracking code as Slurm and SGE (and works over SSH too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+DIRECTIVE = "# zbatch-local: "
+KILL_GRACE_S = 5.0
+
+
+def read_directives(script: Path) -> dict[str, str]:
+    directives: dict[str, str] = {}
+    with open(script, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            if line.startswith(DIRECTIVE):
+                key, _, value = line[len(DIRECTIVE) :].strip().partition("=")
+                directives[key] = value
+            elif line.strip() and not line.startswith("#"):
+                break
+    return directives
+
+
+def _job_file(state_dir: Path, job_id: str) -> Path:
+    return state_dir / "jobs" / f"{job_id}.json"
+
+
+def write_state(state_dir: Path, job_id: str, **fields: Any) -> None:
+    path = _job_file(state_dir, job_id)
+    data = read_state(state_dir, job_id) or {"id": job_id}
+    data.update(fields, updated=time.time())
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def read_state(state_dir: Path, job_id: str) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = json.loads(_job_file(state_dir, job_id).read_text())
+        return data
+    except (OSError, ValueError):
+        return None
+
+
+def next_id(state_dir: Path) -> str:
+    (state_dir / "jobs").mkdir(parents=True, exist_ok=True)
+    with open(state_dir / "seq", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        current = int(handle.read().strip() or "0") + 1
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(current))
+    return str(current)
+
+
+def submit(state_dir: Path, slots: int, script: Path) -> str:
+    if not script.is_file():
+        raise SystemExit(f"localbatch: script {script} does not exist")
+    job_id = next_id(state_dir)
+    write_state(state_dir, job_id, state="PENDING", script=str(script), submitted=time.time())
+    directives = read_directives(script)
+    out = directives.get("output", os.devnull)
+    err = directives.get("error", os.devnull)
+    with open(out, "ab") as stdout, open(err, "ab") as stderr:
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "zbatch.localbatch",
+                "run",
+                "--state-dir",
+                str(state_dir),
+                "--slots",
+                str(slots),
+                job_id,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+            close_fds=True,
+        )
+    return job_id
+
+
+class _Runner:
+    def __init__(self, state_dir: Path, slots: int, job_id: str) -> None:
+        self.state_dir, self.slots, self.job_id = state_dir, slots, job_id
+        self.child: subprocess.Popen[bytes] | None = None
+        self.cancelled = False
+
+    def on_term(self, signum: int, _frame: object) -> None:
+        self.cancelled = True
+        if self.child is not None:
+            os.killpg(self.child.pid, signal.SIGTERM)
+
+    def acquire_slot(self) -> Any:
+        slot_dir = self.state_dir / "slots"
+        slot_dir.mkdir(exist_ok=True)
+        while not self.cancelled:
+            for index in range(self.slots):
+                handle = open(slot_dir / f"slot-{index}.lock", "a")  # noqa: SIM115 - held for the job's life
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return handle
+                except BlockingIOError:
+                    handle.close()
+            time.sleep(0.05)
+        return None
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self.on_term)
+        state = read_state(self.state_dir, self.job_id) or {}
+        script = Path(state.get("script", ""))
+        slot = self.acquire_slot()
+        if slot is None or self.cancelled:
+            write_state(self.state_dir, self.job_id, state="CANCELLED", exit_code=None)
+            return 0
+        directives = read_directives(script)
+        limit = float(directives["time-limit"]) if "time-limit" in directives else None
+        self.child = subprocess.Popen(
+            ["/bin/bash", str(script)],
+            cwd=directives.get("workdir") or None,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        write_state(
+            self.state_dir, self.job_id, state="RUNNING", pid=self.child.pid, started=time.time()
+        )
+        timed_out = False
+        try:
+            code = self.child.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            code = self._stop()
+        final = (
+            "TIMEOUT"
+            if timed_out
+            else "CANCELLED"
+            if self.cancelled
+            else ("COMPLETED" if code == 0 else "FAILED")
+        )
+        write_state(self.state_dir, self.job_id, state=final, exit_code=code, ended=time.time())
+        return 0
+
+    def _stop(self) -> int:
+        assert self.child is not None
+        os.killpg(self.child.pid, signal.SIGTERM)
+        try:
+            return self.child.wait(timeout=KILL_GRACE_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.child.pid, signal.SIGKILL)
+            return self.child.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def status(state_dir: Path, job_ids: list[str]) -> list[str]:
+    lines = []
+    for job_id in job_ids:
+        data = read_state(state_dir, job_id)
+        if data is None:
+            continue
+        state = data.get("state", "UNKNOWN")
+        runner_pid = data.get("runner")
+        if state in ("PENDING", "RUNNING") and runner_pid and not _alive(int(runner_pid)):
+            state = "LOST"  # the runner died without recording an outcome
+        code = data.get("exit_code")
+        lines.append(f"{job_id}|{state}|{'' if code is None else code}")
+    return lines
+
+
+def cancel(state_dir: Path, job_ids: list[str]) -> int:
+    failures = 0
+    for job_id in job_ids:
+        data = read_state(state_dir, job_id)
+        if data is None:
+            print(f"localbatch: unknown job {job_id}", file=sys.stderr)
+            failures += 1
+        elif data.get("state") in ("PENDING", "RUNNING") and data.get("runner"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(data["runner"]), signal.SIGTERM)
+    return 1 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="localbatch")
+    parser.add_argument("action", choices=["submit", "run", "status", "cancel"])
+    parser.add_argument("--state-dir", required=True, type=Path)
+    parser.add_argument("--slots", type=int, default=2)
+    parser.add_argument("args", nargs="*")
+    opts = parser.parse_intermixed_args(argv)
+    state_dir: Path = opts.state_dir
+    state_dir.mkdir(parents=True, exist_ok=True)
+    if opts.action == "submit":
+        print(submit(state_dir, opts.slots, Path(opts.args[0]).resolve()))
+        return 0
+    if opts.action == "run":
+        write_state(state_dir, opts.args[0], runner=os.getpid())
+        return _Runner(state_dir, opts.slots, opts.args[0]).run()
+    if opts.action == "status":
+        print("\n".join(status(state_dir, opts.args)))
+        return 0
+    return cancel(state_dir, opts.args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

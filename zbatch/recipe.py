@@ -1,0 +1,242 @@
+"""Recipes in the python-workflows JSON format: loading, validation and parameter substitution.
+
+The rules follow workflows' `Recipe` (see shared/reference/zocalo.md, section a), with one
+difference in spirit: every error names the node and the field, so a recipe author can fix it.
+"""
+
+from __future__ import annotations
+
+import _string  # type: ignore[import-not-found]
+import copy
+import json
+import string
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from zbatch.errors import RecipeError
+
+Links = list[int] | dict[str, list[int]]
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def parse_links(value: object, where: str) -> Links:
+    """Normalise an `output`/`error` field: int, list of ints, or dict of those."""
+    if _is_int(value):
+        return [int(value)]  # type: ignore[call-overload]
+    if isinstance(value, list):
+        if not all(_is_int(v) for v in value):
+            raise RecipeError(f"{where}: invalid link {json.dumps(value)}: expected node numbers")
+        return [int(v) for v in value]
+    if isinstance(value, dict):
+        named: dict[str, list[int]] = {}
+        for name, target in value.items():
+            links = parse_links(target, f"{where}[{name!r}]")
+            if isinstance(links, dict):
+                raise RecipeError(f"{where}[{name!r}]: nested named outputs are not allowed")
+            named[str(name)] = links
+        return named
+    raise RecipeError(
+        f"{where}: invalid link {json.dumps(value, default=str)}: "
+        "expected a node number, a list of them, or a dict of named outputs"
+    )
+
+
+def link_targets(links: Links) -> Iterator[int]:
+    if isinstance(links, dict):
+        for targets in links.values():
+            yield from targets
+    else:
+        yield from links
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A validated recipe. Node ids are ints, as in workflows after `_sanitize`."""
+
+    nodes: dict[int, dict[str, Any]]
+    start: list[tuple[int, Any]]
+    error: list[int] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, data: object, source: str = "recipe") -> Recipe:
+        if isinstance(data, str | bytes):
+            try:
+                data = json.loads(data)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise RecipeError(f"{source}: not valid JSON: {exc}") from None
+        if not isinstance(data, dict) or not data:
+            raise RecipeError(f"{source}: a recipe must be a non-empty JSON object")
+        nodes: dict[int, dict[str, Any]] = {}
+        for key, node in data.items():
+            if key in ("start", "error"):
+                continue
+            if not (isinstance(key, str) and key.isdigit() and key == str(int(key))):
+                raise RecipeError(f"{source}: node key {key!r} is not a node number")
+            if int(key) == 0:
+                raise RecipeError(f"{source}: node 0 is not allowed; number nodes from 1")
+            if not isinstance(node, dict):
+                raise RecipeError(f"{source}: node {key} must be an object")
+            nodes[int(key)] = node
+        recipe = cls(nodes, _parse_start(data.get("start"), source), _parse_error(data, source))
+        recipe.validate(source)
+        return recipe
+
+    @classmethod
+    def load(cls, path: str) -> Recipe:
+        try:
+            with open(path, "rb") as handle:
+                raw = handle.read()
+        except OSError as exc:
+            raise RecipeError(f"{path}: cannot read recipe: {exc.strerror}") from None
+        return cls.from_json(raw, source=path)
+
+    def validate(self, source: str = "recipe") -> None:
+        for node_id, _ in self.start:
+            if node_id not in self.nodes:
+                raise RecipeError(f"{source}: start refers to node {node_id}, which is missing")
+        for node_id in self.error:
+            if node_id not in self.nodes:
+                raise RecipeError(f"{source}: error refers to node {node_id}, which is missing")
+        graph: dict[int, list[int]] = {}
+        for node_id, node in self.nodes.items():
+            targets: list[int] = []
+            for fieldname in ("output", "error"):
+                if fieldname in node:
+                    where = f"{source}: node {node_id} field {fieldname!r}"
+                    for target in link_targets(parse_links(node[fieldname], where)):
+                        if target not in self.nodes:
+                            raise RecipeError(f"{where} refers to node {target}, which is missing")
+                        targets.append(target)
+            graph[node_id] = targets
+        _check_acyclic(graph, source)
+        reached = _reachable(graph, [n for n, _ in self.start] + self.error)
+        unreached = sorted(set(self.nodes) - reached)
+        if unreached:
+            raise RecipeError(f"{source}: node {unreached[0]} is not reachable from start or error")
+
+    def outputs(self, node_id: int) -> Links:
+        node = self.nodes[node_id]
+        if "output" not in node:
+            return []
+        return parse_links(node["output"], f"node {node_id} field 'output'")
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {str(k): self.nodes[k] for k in sorted(self.nodes)}
+        data["start"] = [[n, p] for n, p in self.start]
+        if self.error:
+            data["error"] = list(self.error)
+        return data
+
+    def apply_parameters(self, parameters: Mapping[str, Any]) -> Recipe:
+        """Fill `{name}` placeholders as workflows does; unknown ones stay as they are."""
+        nodes = {k: substitute(v, parameters) for k, v in self.nodes.items()}
+        start = [(n, substitute(p, parameters)) for n, p in self.start]
+        return Recipe(nodes, start, list(self.error))
+
+
+def _parse_start(value: object, source: str) -> list[tuple[int, Any]]:
+    if not isinstance(value, list) or not value:
+        raise RecipeError(f"{source}: 'start' must be a non-empty list of [node, payload] pairs")
+    start: list[tuple[int, Any]] = []
+    for item in value:
+        if not (isinstance(item, list | tuple) and len(item) == 2 and _is_int(item[0])):
+            raise RecipeError(
+                f"{source}: start entry {json.dumps(item, default=str)} "
+                "must be a [node number, payload] pair"
+            )
+        start.append((int(item[0]), item[1]))
+    return start
+
+
+def _parse_error(data: dict[str, Any], source: str) -> list[int]:
+    if "error" not in data:
+        return []
+    links = parse_links(data["error"], f"{source}: top-level 'error'")
+    if isinstance(links, dict):
+        raise RecipeError(f"{source}: top-level 'error' must be a node number or a list of them")
+    return links
+
+
+def _check_acyclic(graph: dict[int, list[int]], source: str) -> None:
+    done: set[int] = set()
+    for root in graph:
+        if root in done:
+            continue
+        stack: list[tuple[int, Iterator[int]]] = [(root, iter(graph[root]))]
+        on_path = {root}
+        while stack:
+            node, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                stack.pop()
+                on_path.discard(node)
+                done.add(node)
+            elif child in on_path:
+                raise RecipeError(f"{source}: node {node} links back to node {child}: a cycle")
+            elif child not in done:
+                on_path.add(child)
+                stack.append((child, iter(graph[child])))
+
+
+def _reachable(graph: dict[int, list[int]], roots: list[int]) -> set[int]:
+    seen: set[int] = set()
+    todo = list(roots)
+    while todo:
+        node = todo.pop()
+        if node not in seen:
+            seen.add(node)
+            todo.extend(graph.get(node, []))
+    return seen
+
+
+class _Placeholder:
+    """Stands in for an unknown name so that `{name[x]}` comes out unchanged."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __getitem__(self, item: object) -> _Placeholder:
+        return _Placeholder(f"{self.text}[{item}]")
+
+    def __getattr__(self, item: str) -> _Placeholder:
+        return _Placeholder(f"{self.text}.{item}")
+
+    def __format__(self, spec: str) -> str:
+        return "{" + self.text + (":" + spec if spec else "") + "}"
+
+
+class _Lenient(dict[str, Any]):
+    def __missing__(self, key: str) -> _Placeholder:
+        return _Placeholder(key)
+
+
+class _IndexOnlyFormatter(string.Formatter):
+    """`{a[b]}` indexing only: attribute access (`{a.__class__}`) would leak Python internals."""
+
+    def get_field(self, field_name: str, args: Any, kwargs: Any) -> Any:
+        _, rest = _string.formatter_field_name_split(field_name)
+        if any(is_attribute for is_attribute, _ in rest):
+            raise KeyError(field_name)
+        return super().get_field(field_name, args, kwargs)
+
+
+_REPLACE = "{$REPLACE:"
+
+
+def substitute(value: Any, parameters: Mapping[str, Any]) -> Any:
+    if isinstance(value, str):
+        if value.startswith(_REPLACE) and value.endswith("}"):
+            return copy.deepcopy(parameters.get(value[len(_REPLACE) : -1]))
+        try:
+            return _IndexOnlyFormatter().vformat(value, (), _Lenient(parameters))
+        except (ValueError, IndexError, KeyError, TypeError, AttributeError):
+            return value  # stray braces or a bad index: workflows leaves such text alone
+    if isinstance(value, dict):
+        return {substitute(k, parameters): substitute(v, parameters) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [substitute(v, parameters) for v in value]
+    return value

@@ -1,0 +1,72 @@
+"""The scheduler interface: argv builders and output parsers, no process execution."""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+from zbatch.jobs import JobState
+from zbatch.profiles import Profile
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SchedulerStatus:
+    """What the scheduler says about one job."""
+
+    job_id: str
+    state: JobState
+    exit_code: int | None = None
+    reason: str = ""
+    raw_state: str = ""
+
+
+class Scheduler(ABC):
+    name: ClassVar[str]
+    # Scheduler state words mapped onto JobState; unknown words become UNKNOWN with a warning.
+    state_map: ClassVar[Mapping[str, JobState]] = {}
+
+    def __init__(self, profile: Profile) -> None:
+        self.profile = profile
+
+    def map_state(self, raw: str, job_id: str) -> JobState:
+        state = self.state_map.get(raw)
+        if state is None:
+            log.warning("job %s: unknown %s state %r, treated as unknown", job_id, self.name, raw)
+            return JobState.UNKNOWN
+        return state
+
+    @abstractmethod
+    def submit_argv(self, script_path: str) -> list[str]:
+        """Command that submits the job script at `script_path` (already on the host)."""
+
+    @abstractmethod
+    def parse_submit(self, stdout: str) -> str:
+        """The job id from the submit command's output; raises SchedulerError if absent."""
+
+    @abstractmethod
+    def status_argv(self, job_ids: Sequence[str]) -> list[str]:
+        """One command that reports on all of `job_ids` (and ideally nothing else)."""
+
+    @abstractmethod
+    def parse_status(self, stdout: str, job_ids: Sequence[str]) -> dict[str, SchedulerStatus]:
+        """Statuses of the jobs the scheduler still knows; absent ids are simply missing."""
+
+    @abstractmethod
+    def cancel_argv(self, job_ids: Sequence[str]) -> list[str]:
+        """Command that cancels all of `job_ids`."""
+
+    def status_error_is_empty(self, stderr: str) -> bool:
+        """True when a failed status command only means "none of these jobs exist any more"."""
+        return False
+
+    def detail_argv(self, job_id: str) -> list[str] | None:
+        """Command explaining a job gone from the queue (accounting), where there is one."""
+        return None
+
+    def parse_detail(self, stdout: str, job_id: str) -> SchedulerStatus | None:
+        return None

@@ -1,0 +1,278 @@
+"""Turn a recipe wrapper step into a JobSpec: parameter names from python-dlstbx, checked.
+
+Step values override the profile's defaults; the profile's limits are hard: exceeding them is
+an error, never a silent clamp. Every value is validated here, before any template sees it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zbatch import safety
+from zbatch.envelope import StepMessage
+from zbatch.errors import ParameterError
+from zbatch.jobs import JobPaths, JobSpec
+from zbatch.profiles import Profile
+from zbatch.sge_args import translate_qsub_args
+from zbatch.units import parse_duration, parse_memory_mb
+
+CLUSTER_KEYS = (
+    "scheduler",
+    "partition",
+    "job_name",
+    "environment",
+    "cpus_per_task",
+    "tasks",
+    "nodes",
+    "memory_per_node",
+    "min_memory_per_cpu",
+    "time_limit",
+    "gpus",
+    "gpus_per_node",
+    "exclusive",
+    "account",
+    "constraints",
+    "prefer",
+    "qos",
+    "array",
+    "commands",
+    "qsub_submission_parameters",
+)
+
+
+@dataclass(frozen=True)
+class PreparedJob:
+    """Everything needed to submit one step: its spec, its files and their contents."""
+
+    spec: JobSpec
+    paths: JobPaths
+    script: str
+    files: dict[Path, str] = field(default_factory=dict)
+
+
+def is_wrapper_step(step: dict[str, Any]) -> bool:
+    params = step.get("parameters")
+    if not isinstance(params, dict):
+        return False
+    return any(k in params for k in ("wrapper", "cluster", "cluster_commands", "commands"))
+
+
+def _int(value: object, what: str, minimum: int = 1) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ParameterError(f"{what} {value!r} must be a whole number >= {minimum}")
+    return value
+
+
+def _bool(value: object, what: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value in ("true", "True", "1", 1):
+        return True
+    if value in ("false", "False", "0", 0, "", None):
+        return False
+    raise ParameterError(f"{what} {value!r} must be true or false")
+
+
+def _limit(value: int | None, maximum: int | None, what: str, profile: Profile) -> None:
+    if value is not None and maximum is not None and value > maximum:
+        raise ParameterError(
+            f"{what} {value} is beyond profile {profile.name!r}'s limit of {maximum}"
+        )
+
+
+class StepReader:
+    """Reads one step's parameters against a profile; one instance per step."""
+
+    def __init__(self, message: StepMessage, profile: Profile) -> None:
+        self.message = message
+        self.profile = profile
+        self.where = f"step {message.pointer}"
+        params = message.step.get("parameters", {})
+        if not isinstance(params, dict):
+            raise ParameterError(f"{self.where}: parameters must be an object")
+        self.params: dict[str, Any] = params
+        cluster = params.get("cluster", {})
+        # Legacy SGE recipes name a cluster with a string; its settings live in cluster_* keys.
+        self.cluster: dict[str, Any] = cluster if isinstance(cluster, dict) else {}
+        unknown = sorted(set(self.cluster) - set(CLUSTER_KEYS))
+        if unknown:
+            raise ParameterError(
+                f"{self.where}: unknown key parameters.cluster.{unknown[0]}; "
+                f"allowed: {', '.join(CLUSTER_KEYS)}"
+            )
+
+    def opt(self, key: str) -> Any:
+        return self.cluster.get(key)
+
+    def workdir(self) -> str:
+        given = self.params.get("workingdir")
+        if given is None:
+            root = self.profile.workdir_root or str(Path.home() / "zbatch-runs")
+            tag = safety.safe_tag(self.message.recipe_id, 36)
+            given = f"{os.path.expanduser(root)}/{tag}/step-{self.message.pointer}"
+        path = safety.check_path(given, f"{self.where}: parameters.workingdir")
+        limit = self.profile.workdir_root
+        return safety.check_within(
+            path, os.path.expanduser(limit) if limit else None, f"{self.where}: parameters.workingdir"
+        )
+
+    def environment(self) -> dict[str, str]:
+        env = dict(self.profile.environment)
+        given = self.opt("environment") or {}
+        if not isinstance(given, dict):
+            raise ParameterError(f"{self.where}: parameters.cluster.environment must be an object")
+        for key, value in given.items():
+            safety.check(safety.ENV_KEY, key, f"{self.where}: environment variable name")
+            env[key] = safety.check_text(str(value), f"{self.where}: environment {key}")
+        return env
+
+    def partition(self) -> str | None:
+        queue = self.params.get("cluster_queue")
+        if queue is not None:
+            mapping = self.profile.queue_mapping
+            if queue not in mapping:
+                known = ", ".join(sorted(mapping)) or "none configured"
+                raise ParameterError(
+                    f"{self.where}: cluster_queue {queue!r} is not mapped by profile "
+                    f"{self.profile.name!r}; known queues: {known}"
+                )
+            return mapping[queue]
+        value = self.opt("partition") or self.profile.defaults.partition
+        return (
+            None if value is None else safety.check(safety.NAME, value, f"{self.where}: partition")
+        )
+
+    def named(self, key: str, default: str | None, pattern: Any = safety.NAME) -> str | None:
+        value = self.opt(key)
+        if value is None:
+            return default
+        return safety.check(pattern, value, f"{self.where}: parameters.cluster.{key}")
+
+    def legacy_overrides(self) -> dict[str, Any]:
+        raw = self.params.get("cluster_submission_parameters")
+        if raw is None:
+            return {}
+        text = safety.check_text(raw, f"{self.where}: cluster_submission_parameters")
+        try:
+            tokens = shlex.split(text)
+        except ValueError as exc:
+            raise ParameterError(f"{self.where}: cluster_submission_parameters: {exc}") from None
+        return translate_qsub_args(tokens, self.profile, self.where)
+
+
+def _resources(reader: StepReader, legacy: dict[str, Any]) -> dict[str, Any]:
+    profile, where, opt = reader.profile, reader.where, reader.opt
+    defaults = profile.defaults
+    cpus = legacy.get("cpus") or _int(
+        opt("cpus_per_task") or defaults.cpus, f"{where}: cpus_per_task"
+    )
+    memory = opt("memory_per_node")
+    memory_mb = legacy.get("memory_mb") or (
+        parse_memory_mb(memory, f"{where}: memory_per_node") if memory else defaults.memory_mb
+    )
+    per_cpu = opt("min_memory_per_cpu")
+    per_cpu_mb = legacy.get("memory_per_cpu_mb") or (
+        parse_memory_mb(per_cpu, f"{where}: min_memory_per_cpu") if per_cpu else None
+    )
+    limit = opt("time_limit")
+    time_s = legacy.get("time_limit_s") or (
+        parse_duration(limit, f"{where}: time_limit") if limit else defaults.time_limit_s
+    )
+    gpus = _int(opt("gpus"), f"{where}: gpus", 0) if opt("gpus") is not None else defaults.gpus
+    gpus = legacy.get("gpus", gpus)
+    limits = profile.limits
+    _limit(cpus, limits.max_cpus, f"{where}: cpus", profile)
+    _limit(memory_mb, limits.max_memory_mb, f"{where}: memory (MB)", profile)
+    if per_cpu_mb is not None:
+        _limit(per_cpu_mb * cpus, limits.max_memory_mb, f"{where}: memory (MB)", profile)
+    _limit(time_s, limits.max_time_limit_s, f"{where}: time limit (s)", profile)
+    _limit(gpus, limits.max_gpus, f"{where}: gpus", profile)
+    return {
+        "cpus": cpus,
+        "memory_mb": memory_mb,
+        "memory_per_cpu_mb": per_cpu_mb,
+        "time_limit_s": time_s,
+        "gpus": gpus,
+    }
+
+
+def read_step(message: StepMessage, profile: Profile) -> JobSpec:
+    """The JobSpec of a step, without its command (which needs the spec's paths)."""
+    reader = StepReader(message, profile)
+    where, opt = reader.where, reader.opt
+    legacy = reader.legacy_overrides()
+    project = message.step["parameters"].get("cluster_project")
+    account: str | None = legacy.get("account") or reader.named("account", profile.defaults.account)
+    if project is not None and "{" not in str(project):  # dlstbx ignores unfilled placeholders
+        account = safety.check(safety.NAME, project, f"{where}: cluster_project")
+    default_name = f"zbatch-step{message.pointer}"
+    return JobSpec(
+        name=legacy.get("name") or reader.named("job_name", default_name) or default_name,
+        workdir=reader.workdir(),
+        command="",
+        partition=reader.partition(),
+        account=account,
+        qos=reader.named("qos", profile.defaults.qos),
+        tasks=_int(opt("tasks"), f"{where}: tasks") if opt("tasks") is not None else None,
+        nodes=_int(opt("nodes"), f"{where}: nodes") if opt("nodes") is not None else None,
+        gpus_per_node=(
+            _int(opt("gpus_per_node"), f"{where}: gpus_per_node", 0)
+            if opt("gpus_per_node") is not None
+            else None
+        ),
+        exclusive=_bool(opt("exclusive"), f"{where}: exclusive") or legacy.get("exclusive", False),
+        constraints=reader.named("constraints", None, safety.CONSTRAINT),
+        prefer=reader.named("prefer", None, safety.CONSTRAINT),
+        array=reader.named("array", None, safety.ARRAY),
+        environment=reader.environment(),
+        extra_directives=list(profile.extra_directives) + legacy.get("raw", []),
+        **_resources(reader, legacy),
+    )
+
+
+def step_commands(message: StepMessage, profile: Profile) -> list[str] | None:
+    """The recipe's own shell commands, where the step has them and the profile allows them."""
+    params = message.step.get("parameters", {})
+    cluster = params.get("cluster") if isinstance(params.get("cluster"), dict) else {}
+    commands = cluster.get("commands", params.get("cluster_commands", params.get("commands")))
+    if commands is None:
+        return None
+    where = f"step {message.pointer}"
+    if not profile.allow_commands:
+        raise ParameterError(
+            f"{where}: carries shell commands, but profile {profile.name!r} only runs named "
+            "wrappers (set allow_commands: true in the profile to permit recipe commands)"
+        )
+    lines = [commands] if isinstance(commands, str) else commands
+    if not isinstance(lines, list) or not all(isinstance(c, str) for c in lines):
+        raise ParameterError(f"{where}: commands must be a string or a list of strings")
+    return [safety.check_text(line, f"{where}: commands") for line in lines]
+
+
+def envelope_files(message: StepMessage, paths: JobPaths) -> tuple[Path, dict[Path, str]]:
+    """The recipewrapper file (and optional recipe/environment files) a step's job reads."""
+    params = message.step.get("parameters", {})
+    where = f"step {message.pointer}"
+    wrap_path = params.get("recipewrapper")
+    recipewrapper = (
+        Path(safety.check_path(wrap_path, f"{where}: parameters.recipewrapper"))
+        if wrap_path
+        else paths.recipewrapper
+    )
+    files = {recipewrapper: json.dumps(message.to_body(), indent=2)}
+    if params.get("recipefile"):
+        recipefile = Path(
+            safety.check_path(params["recipefile"], f"{where}: parameters.recipefile")
+        )
+        files[recipefile] = json.dumps(message.recipe.to_json(), indent=2)
+    if params.get("recipeenvironment"):
+        env_path = safety.check_path(params["recipeenvironment"], f"{where}: recipeenvironment")
+        files[Path(env_path)] = json.dumps(message.environment, indent=2)
+    return recipewrapper, files

@@ -1,0 +1,96 @@
+"""Submit a step exactly once: claim it in the ledger, submit, record the job id."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from zbatch.cluster import Cluster
+from zbatch.envelope import StepMessage
+from zbatch.errors import ZbatchError
+from zbatch.jobs import JobState, result_record_path
+from zbatch.ledger import Ledger, LedgerEntry, step_key
+from zbatch.profiles import Profile
+from zbatch.submission import JobContext, prepare_job
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Submitted:
+    entry: LedgerEntry
+    new: bool  # False when the step had been submitted before (a redelivery)
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Submitter:
+    def __init__(
+        self, profile: Profile, cluster: Cluster, ledger: Ledger, context: JobContext
+    ) -> None:
+        self.profile = profile
+        self.cluster = cluster
+        self.ledger = ledger
+        self.context = context
+
+    def submit(self, message: StepMessage) -> Submitted:
+        """Raises ZbatchError when the step is malformed or the cluster refuses it."""
+        job = prepare_job(message, self.profile, self.context)
+        key = step_key(message)
+        recipewrapper = next(iter(job.files))
+        existing = self.ledger.claim(
+            key,
+            recipe_id=message.recipe_id,
+            pointer=message.pointer,
+            profile=self.profile.name,
+            scheduler=self.cluster.scheduler_name,
+            job_name=job.spec.name,
+            workdir=job.spec.workdir,
+            tag=job.paths.tag,
+            message_path=str(recipewrapper),
+            claimed_by=worker_id(),
+        )
+        if existing is not None:
+            log.info(
+                "step %s/%d already submitted as job %s; not submitting again",
+                message.recipe_id,
+                message.pointer,
+                existing.job_id,
+            )
+            return Submitted(existing, False)
+        try:
+            job_id = self.cluster.submit(job)
+        except ZbatchError:
+            self.ledger.release(key)
+            raise
+        self.ledger.update(
+            key, job_id=job_id, state=JobState.PENDING.value, submitted_at=time.time()
+        )
+        log.info(
+            "job %s: step %s/%d submitted to %s",
+            job_id,
+            message.recipe_id,
+            message.pointer,
+            self.profile.name,
+        )
+        entry = self.ledger.get(key)
+        assert entry is not None
+        return Submitted(entry, True)
+
+
+def wrapper_reported(entry: LedgerEntry, cluster: Cluster) -> bool:
+    """Did the job's wrapper send its own success/failure? (Then zbatch must not send one.)"""
+    text = cluster.read_text(PurePosixPath(result_record_path(entry.message_path)))
+    if not text:
+        return False
+    try:
+        return bool(json.loads(text).get("results_sent"))
+    except ValueError:
+        return False

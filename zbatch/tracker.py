@@ -1,0 +1,153 @@
+"""Batched job tracking: one scheduler query per cluster per poll, whatever the job count.
+
+A job's outcome comes from the exit record its script wrote, checked against what the
+scheduler says. A job that left the scheduler without a record is `lost`, never `succeeded`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from zbatch.cluster import Cluster
+from zbatch.errors import ZbatchError
+from zbatch.jobs import ExitRecord, JobPaths, JobState, state_from_exit
+from zbatch.ledger import Ledger, LedgerEntry
+from zbatch.schedulers.base import SchedulerStatus
+
+log = logging.getLogger(__name__)
+
+# Scheduler verdicts that explain a record's non-zero exit better than the exit code does.
+_EXPLAINING = (JobState.TIMEOUT, JobState.CANCELLED, JobState.OUT_OF_MEMORY, JobState.NODE_FAILURE)
+
+
+@dataclass(frozen=True)
+class Settled:
+    state: JobState
+    exit_code: int | None
+    reason: str
+
+
+def settle(
+    status: SchedulerStatus | None, record: ExitRecord | None, detail: SchedulerStatus | None = None
+) -> Settled | None:
+    """The final outcome of a job, or None while it is still queued or running."""
+    verdict = status if status is not None and status.state.final else detail
+    if record is not None:
+        if verdict is not None and verdict.state in _EXPLAINING and record.exit_code != 0:
+            return Settled(verdict.state, record.exit_code, verdict.reason or verdict.raw_state)
+        state = state_from_exit(record)
+        reason = f"signal {record.signal}" if record.signal else ""
+        if state is JobState.FAILED:
+            reason = f"exit code {record.exit_code}"
+        return Settled(state, record.exit_code, reason)
+    if status is not None and not status.state.final:
+        return None
+    if verdict is None:
+        return Settled(JobState.LOST, None, "gone from the scheduler without an exit record")
+    if verdict.state is JobState.SUCCEEDED:
+        return Settled(
+            JobState.LOST,
+            verdict.exit_code,
+            "scheduler reports completion but the job wrote no exit record",
+        )
+    return Settled(verdict.state, verdict.exit_code, verdict.reason or verdict.raw_state)
+
+
+def entry_paths(entry: LedgerEntry) -> JobPaths:
+    return JobPaths(Path(entry.workdir), entry.tag)
+
+
+class Tracker:
+    """Polls one cluster for the active jobs of one profile in the ledger."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        ledger: Ledger,
+        profile: str,
+        interval_s: float = 2.0,
+        max_interval_s: float = 60.0,
+        recipe_ids: set[str] | None = None,
+    ) -> None:
+        self.recipe_ids = recipe_ids
+        self.cluster = cluster
+        self.ledger = ledger
+        self.profile = profile
+        self.interval_s = interval_s
+        self.max_interval_s = max_interval_s
+        self.queries = 0
+        self.failures = 0
+
+    def next_delay(self) -> float:
+        """Back off while the scheduler is failing: double per failure, capped."""
+        return float(min(self.max_interval_s, self.interval_s * 2.0**self.failures))
+
+    def active(self) -> list[LedgerEntry]:
+        return [
+            e
+            for e in self.ledger.find(active_only=True, profile=self.profile)
+            if self.recipe_ids is None or e.recipe_id in self.recipe_ids
+        ]
+
+    def has_active(self) -> bool:
+        return bool(self.active())
+
+    def poll_once(self) -> list[tuple[LedgerEntry, Settled]]:
+        active = [e for e in self.active() if e.job_id]
+        if not active:
+            return []
+        ids = [e.job_id for e in active if e.job_id]
+        try:
+            self.queries += 1
+            statuses = self.cluster.statuses(ids)
+        except ZbatchError as exc:
+            self.failures += 1
+            log.warning("status poll %d failed (%d in a row): %s", self.queries, self.failures, exc)
+            return []
+        self.failures = 0
+        return [done for entry in active if (done := self._settle_one(entry, statuses))]
+
+    def _settle_one(
+        self, entry: LedgerEntry, statuses: dict[str, SchedulerStatus]
+    ) -> tuple[LedgerEntry, Settled] | None:
+        assert entry.job_id is not None
+        status = statuses.get(entry.job_id)
+        if status is not None and not status.state.final and status.raw_state != "COMPLETING":
+            if status.state.value != entry.state:
+                self.ledger.update(entry.key, state=status.state.value, reason=status.reason)
+            return None
+        try:
+            record = self.cluster.exit_record(entry_paths(entry))
+            detail = None
+            if record is None and (status is None or not status.state.final):
+                detail = self.cluster.detail(entry.job_id)
+        except ZbatchError as exc:
+            log.warning("job %s: cannot read its outcome yet: %s", entry.job_id, exc)
+            return None
+        settled = settle(status, record, detail)
+        if settled is None:
+            return None
+        self.ledger.update(
+            entry.key, state=settled.state.value, exit_code=settled.exit_code, reason=settled.reason
+        )
+        log.info(
+            "job %s (%s step %d): %s %s",
+            entry.job_id,
+            entry.recipe_id,
+            entry.pointer,
+            settled.state.value,
+            settled.reason,
+        )
+        updated = self.ledger.get(entry.key)
+        return (updated or entry), settled
+
+    def wait(self, until_idle: bool = True, timeout_s: float | None = None) -> None:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while self.has_active():
+            if deadline is not None and time.monotonic() > deadline:
+                raise ZbatchError(f"jobs still active after {timeout_s:g} s")
+            self.poll_once()
+            time.sleep(self.next_delay())

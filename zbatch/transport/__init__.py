@@ -1,0 +1,1 @@
+"""Message transports: the embedded SQLite queue (no broker) and RabbitMQ through pika."""

@@ -1,0 +1,176 @@
+"""A durable message queue in one SQLite file: zbatch's no-setup default transport.
+
+Messages are leased, not removed, when received: a consumer that dies before acking leaves the
+message to reappear once the lease ends, so a crash loses nothing. A message delivered more than
+`max_deliveries` times goes to `dlq.<queue>`, as a quorum queue's delivery limit does.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from zbatch.errors import TransportError
+from zbatch.transport.base import ORIGIN_HEADER, REASON_HEADER, Delivery, Transport
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    body BLOB NOT NULL,
+    created REAL NOT NULL,
+    visible_at REAL NOT NULL,
+    deliveries INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS messages_queue ON messages (queue, visible_at, id);
+CREATE TABLE IF NOT EXISTS broadcasts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    exchange TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    body BLOB NOT NULL,
+    created REAL NOT NULL
+);
+"""
+KEEP_BROADCASTS = 1000
+
+
+class EmbeddedTransport(Transport):
+    def __init__(
+        self, path: str | Path, lease_s: float = 60.0, max_deliveries: int = 5, poll_s: float = 0.05
+    ) -> None:
+        self.path = Path(path)
+        self.lease_s = lease_s
+        self.max_deliveries = max_deliveries
+        self.poll_s = poll_s
+        self._db: sqlite3.Connection | None = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.connect()
+        assert self._db is not None
+        return self._db
+
+    def connect(self) -> None:
+        if self._db is not None:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise TransportError(f"embedded queue {self.path}: {exc}", transient=False) from None
+        self._db = db
+
+    def disconnect(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def publish(
+        self,
+        queue: str,
+        body: bytes,
+        headers: dict[str, Any],
+        *,
+        exchange: str = "",
+        delay: float | None = None,
+    ) -> None:
+        # The embedded queue has no exchanges: a named exchange routes by its key alone.
+        self._insert(queue, headers, body, delay or 0)
+
+    def broadcast(
+        self, exchange: str, body: bytes, headers: dict[str, Any], expiration_s: float | None = None
+    ) -> None:
+        db = self.db
+        db.execute(
+            "INSERT INTO broadcasts (exchange, headers, body, created) VALUES (?,?,?,?)",
+            (exchange, json.dumps(headers), body, time.time()),
+        )
+        db.execute(
+            "DELETE FROM broadcasts WHERE id <= (SELECT MAX(id) FROM broadcasts) - ?",
+            (KEEP_BROADCASTS,),
+        )
+
+    def broadcasts(self, exchange: str) -> list[tuple[dict[str, Any], bytes]]:
+        rows = self.db.execute(
+            "SELECT headers, body FROM broadcasts WHERE exchange = ? ORDER BY id", (exchange,)
+        ).fetchall()
+        return [(json.loads(h), b) for h, b in rows]
+
+    def _lease_next(self, queue: str) -> Delivery | None:
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            now = time.time()
+            row = db.execute(
+                "SELECT id, headers, body, deliveries FROM messages "
+                "WHERE queue = ? AND visible_at <= ? ORDER BY id LIMIT 1",
+                (queue, now),
+            ).fetchone()
+            if row is None:
+                return None
+            msg_id, headers, body, deliveries = row
+            db.execute(
+                "UPDATE messages SET visible_at = ?, deliveries = deliveries + 1 WHERE id = ?",
+                (now + self.lease_s, msg_id),
+            )
+        finally:
+            db.execute("COMMIT")
+        delivery = Delivery(
+            msg_id, queue, bytes(body), json.loads(headers), deliveries > 0, deliveries + 1
+        )
+        if delivery.delivery_count > self.max_deliveries:
+            self.dead_letter(delivery, f"delivered {deliveries} times without being acknowledged")
+            return self._lease_next(queue)
+        return delivery
+
+    def receive(self, queue: str, timeout: float) -> Delivery | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            delivery = self._lease_next(queue)
+            if delivery is not None or time.monotonic() >= deadline:
+                return delivery
+            time.sleep(self.poll_s)
+
+    def ack(self, delivery: Delivery) -> None:
+        self.db.execute("DELETE FROM messages WHERE id = ?", (delivery.tag,))
+
+    def nack(self, delivery: Delivery, requeue: bool = True) -> None:
+        if requeue:
+            self.db.execute(
+                "UPDATE messages SET visible_at = ? WHERE id = ?", (time.time(), delivery.tag)
+            )
+        else:
+            self.dead_letter(delivery, "rejected without requeue")
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        headers = {**delivery.headers, REASON_HEADER: reason, ORIGIN_HEADER: delivery.queue}
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("DELETE FROM messages WHERE id = ?", (delivery.tag,))
+            self._insert(f"dlq.{delivery.queue}", headers, delivery.body, 0)
+        finally:
+            db.execute("COMMIT")
+
+    def _insert(self, queue: str, headers: dict[str, Any], body: bytes, delay: float) -> None:
+        now = time.time()
+        self.db.execute(
+            "INSERT INTO messages (queue, headers, body, created, visible_at) VALUES (?,?,?,?,?)",
+            (queue, json.dumps(headers), body, now, now + delay),
+        )
+
+    def depth(self, queue: str) -> int:
+        row = self.db.execute("SELECT COUNT(*) FROM messages WHERE queue = ?", (queue,)).fetchone()
+        return int(row[0])
+
+    def queues(self) -> dict[str, int]:
+        rows = self.db.execute("SELECT queue, COUNT(*) FROM messages GROUP BY queue").fetchall()
+        return {q: int(n) for q, n in rows}

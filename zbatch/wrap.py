@@ -1,0 +1,156 @@
+"""The in-job runner behind `zbatch wrap`: message in, tool run, results out.
+
+The flow follows zocalo.wrap: `starting`, then (extra outputs, result files) `success` or
+`failure`, then `completed`. Unlike zocalo.wrap the exit code is non-zero when the wrapper
+failed, so the scheduler's accounting tells the truth. Every message is first written to an
+outbox file beside the result record, so results survive a broker that is down.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from zbatch.envelope import StepMessage
+from zbatch.errors import RecipeError, ZbatchError
+from zbatch.heartbeat import END, ERROR, PROCESSING, Heartbeat
+from zbatch.jobs import atomic_write, result_record_path
+from zbatch.outbox import Outbox
+from zbatch.toolrun import run_tool
+from zbatch.transport.base import Transport
+from zbatch.wrapper import Outcome, RunContext, Wrapper, load_wrapper
+
+log = logging.getLogger(__name__)
+
+EXIT_FAILED = 1
+EXIT_CANCELLED = 143
+
+
+def allocated_cpus() -> int:
+    for var in ("SLURM_CPUS_PER_TASK", "NSLOTS", "ZBATCH_CPUS"):
+        value = os.environ.get(var, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return 1
+
+
+def load_message(path: Path) -> StepMessage:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise RecipeError(f"{path}: cannot read recipe wrapper: {exc.strerror}") from None
+    return StepMessage.from_body(raw, source=str(path))
+
+
+@dataclass
+class WrapRun:
+    wrapper: Wrapper
+    message: StepMessage
+    record_path: Path
+
+    def build(self) -> tuple[Path, list[str]]:
+        workdir = self.wrapper.working_directory()
+        return workdir, self.wrapper.command(workdir)
+
+    def execute(self, outbox: Outbox, heartbeat: Heartbeat) -> int:
+        started = time.time()
+        outbox.add("starting", "Starting processing")
+        outbox.flush()
+        argv: list[str] = []
+        exit_code = -1
+        stopped_by = ""
+        try:
+            workdir, argv = self.build()
+            workdir.mkdir(parents=True, exist_ok=True)
+            self.wrapper.prepare(workdir)
+            heartbeat.set(PROCESSING)
+            run = run_tool(argv, workdir, self.wrapper.timeout_s())
+            exit_code, stopped_by = run.exit_code, run.stopped_by
+            outcome = self.wrapper.collect(workdir, exit_code)
+            if stopped_by:
+                outcome = Outcome(False, f"stopped by {stopped_by}", outcome.files, outcome.summary)
+            if outcome.success:
+                outcome.summary.setdefault("stdout", run.stdout_tail)
+        except (ZbatchError, OSError) as exc:
+            outcome = Outcome(False, str(exc))
+        heartbeat.set(END if outcome.success else ERROR)
+        queue_outcome(outbox, outcome)
+        sent = outbox.flush()
+        self.write_record(outcome, argv, exit_code, started, sent, stopped_by)
+        if outcome.success:
+            return 0
+        return EXIT_CANCELLED if stopped_by in ("SIGTERM", "SIGINT") else EXIT_FAILED
+
+    def write_record(
+        self,
+        outcome: Outcome,
+        argv: list[str],
+        exit_code: int,
+        started: float,
+        sent: bool,
+        stopped_by: str,
+    ) -> None:
+        record = {
+            "wrapper": self.wrapper.name,
+            "success": outcome.success,
+            "reason": outcome.reason,
+            "tool_exit_code": exit_code,
+            "command": argv,
+            "started": started,
+            "ended": time.time(),
+            "stopped_by": stopped_by,
+            "summary": outcome.summary,
+            "files": [f.to_json() for f in outcome.files],
+            "results_sent": sent,
+        }
+        atomic_write(self.record_path, json.dumps(record, indent=2, default=str))
+
+
+def queue_outcome(outbox: Outbox, outcome: Outcome) -> None:
+    for channel, payload in outcome.extra_outputs.items():
+        outbox.add(channel, payload)
+    for result in outcome.files:
+        outbox.add("result-individual-file", result.to_json())
+    if outcome.files:
+        outbox.add("result-all-files", {"filelist": [f.to_json() for f in outcome.files]})
+    if outcome.success:
+        summary: dict[str, Any] = {
+            "status": "Finished processing",
+            **outcome.summary,
+            "files": [f.file_path for f in outcome.files],
+        }
+        outbox.add("success", summary)
+    else:
+        outbox.add("failure", outcome.reason or "Processing failed")
+    outbox.add("completed", "Finished processing")
+
+
+def wrap(
+    name: str, recipewrapper: Path, make_transport: Callable[[], Transport], dry_run: bool = False
+) -> tuple[int, str]:
+    """Run wrapper `name` on the message in `recipewrapper`; (exit code, one-line summary)."""
+    message = load_message(recipewrapper)
+    context = RunContext(
+        message, allocated_cpus(), logging.LoggerAdapter(log, {"recipe_ID": message.recipe_id})
+    )
+    wrapper = load_wrapper(name)(context)
+    record_path = Path(result_record_path(str(recipewrapper)))
+    run = WrapRun(wrapper, message, record_path)
+    if dry_run:
+        workdir, argv = run.build()
+        return 0, json.dumps({"cwd": str(workdir), "argv": argv})
+    heartbeat = Heartbeat(make_transport, name)
+    heartbeat.start()
+    try:
+        outbox = Outbox(record_path.with_suffix(".outbox.jsonl"), message, make_transport)
+        code = run.execute(outbox, heartbeat)
+    finally:
+        heartbeat.stop()
+    verdict = "succeeded" if code == 0 else "failed"
+    return code, f"wrapper {name} {verdict}; result record {record_path}"

@@ -1,0 +1,124 @@
+"""The wrapper API for authors: turn job parameters into a command, then read its outputs.
+
+A wrapper is a class registered in the `zbatch.wrappers` entry-point group. zbatch runs the
+command it builds (an argument list, never a shell line), then asks it what the outputs mean.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, ClassVar
+
+from zbatch.envelope import StepMessage
+from zbatch.errors import WrapperError
+
+MAX_ARGUMENT = 128 * 1024
+
+
+@dataclass(frozen=True)
+class ResultFile:
+    """One file a tool produced, as sent on `result-individual-file`."""
+
+    file_path: str
+    file_name: str
+    file_type: str
+    importance_rank: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "file_path": self.file_path,
+            "file_name": self.file_name,
+            "file_type": self.file_type,
+        }
+        if self.importance_rank is not None:
+            data["importance_rank"] = self.importance_rank
+        return data
+
+
+@dataclass
+class Outcome:
+    """What a wrapper concluded from the tool's exit code and files."""
+
+    success: bool
+    reason: str = ""
+    files: list[ResultFile] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    # Extra named outputs, e.g. {"ispyb": {...}, "topaz": {...}}, sent before success/failure.
+    extra_outputs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a wrapper may know about the job it runs in."""
+
+    message: StepMessage
+    cpus: int
+    log: logging.LoggerAdapter[logging.Logger]
+
+    @property
+    def job_parameters(self) -> dict[str, Any]:
+        params = self.message.step.get("job_parameters", {})
+        if not isinstance(params, dict):
+            raise WrapperError(f"step {self.message.pointer}: job_parameters must be an object")
+        return params
+
+
+class Wrapper(ABC):
+    name: ClassVar[str]
+
+    def __init__(self, context: RunContext) -> None:
+        self.context = context
+        self.params = context.job_parameters
+
+    def working_directory(self) -> Path:
+        """Where the tool runs; `job_parameters.working_directory` or the job's cwd."""
+        given = self.params.get("working_directory")
+        return Path(given) if isinstance(given, str) and given else Path.cwd()
+
+    def prepare(self, workdir: Path) -> None:  # noqa: B027 - optional hook
+        """Write input files the tool needs before it starts."""
+
+    @abstractmethod
+    def command(self, workdir: Path) -> list[str]:
+        """The tool's argument list. Raise WrapperError for parameters the tool cannot take."""
+
+    @abstractmethod
+    def collect(self, workdir: Path, exit_code: int) -> Outcome:
+        """Read the tool's outputs and decide whether it succeeded."""
+
+    def timeout_s(self) -> float | None:
+        value = self.params.get("timeout")
+        return float(value) if isinstance(value, int | float) and value > 0 else None
+
+
+def check_argument(value: object, what: str) -> str:
+    """A value that becomes one argument: text, no NUL, bounded; never split or interpreted."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise WrapperError(f"{what} must be text or a number, not {type(value).__name__}")
+    text = str(value)
+    if "\0" in text:
+        raise WrapperError(f"{what} contains a NUL byte")
+    if len(text) > MAX_ARGUMENT:
+        raise WrapperError(f"{what} is {len(text)} characters long; the limit is {MAX_ARGUMENT}")
+    return text
+
+
+def installed() -> dict[str, str]:
+    return {ep.name: ep.value for ep in entry_points(group="zbatch.wrappers")}
+
+
+def load_wrapper(name: str) -> type[Wrapper]:
+    found = {ep.name: ep for ep in entry_points(group="zbatch.wrappers")}
+    if name not in found:
+        raise WrapperError(f"unknown wrapper {name!r}; installed: {', '.join(sorted(found))}")
+    try:
+        cls = found[name].load()
+    except Exception as exc:  # a broken site package must not crash the runner silently
+        raise WrapperError(f"wrapper {name!r} cannot be loaded: {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Wrapper)):
+        raise WrapperError(f"wrapper {name!r} ({found[name].value}) is not a zbatch Wrapper")
+    return cls
