@@ -60,6 +60,8 @@ class Recipe:
     nodes: dict[int, dict[str, Any]]
     start: list[tuple[int, Any]]
     error: list[int] = field(default_factory=list)
+    # "error" written before "start" in the source: kept so re-serialising matches workflows.
+    error_first: bool = False
 
     @classmethod
     def from_json(cls, data: object, source: str = "recipe") -> Recipe:
@@ -80,8 +82,17 @@ class Recipe:
                 raise RecipeError(f"{source}: node 0 is not allowed; number nodes from 1")
             if not isinstance(node, dict):
                 raise RecipeError(f"{source}: node {key} must be an object")
+            if _is_int(node.get("output")):  # workflows normalises a bare int to a list
+                node = {**node, "output": [node["output"]]}
             nodes[int(key)] = node
-        recipe = cls(nodes, _parse_start(data.get("start"), source), _parse_error(data, source))
+        keys = list(data)
+        error_first = "error" in data and "start" in data and keys.index("error") < keys.index("start")
+        recipe = cls(
+            nodes,
+            _parse_start(data.get("start"), source),
+            _parse_error(data, source),
+            error_first,
+        )
         recipe.validate(source)
         return recipe
 
@@ -125,17 +136,19 @@ class Recipe:
         return parse_links(node["output"], f"node {node_id} field 'output'")
 
     def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {str(k): self.nodes[k] for k in sorted(self.nodes)}
-        data["start"] = [[n, p] for n, p in self.start]
+        """JSON-ready form with workflows' key order: start/error first, then nodes as given."""
+        head: dict[str, Any] = {"start": [[n, p] for n, p in self.start]}
         if self.error:
-            data["error"] = list(self.error)
-        return data
+            head["error"] = list(self.error)
+            if self.error_first:
+                head = {"error": head["error"], "start": head["start"]}
+        return {**head, **{str(k): v for k, v in self.nodes.items()}}
 
     def apply_parameters(self, parameters: Mapping[str, Any]) -> Recipe:
         """Fill `{name}` placeholders as workflows does; unknown ones stay as they are."""
         nodes = {k: substitute(v, parameters) for k, v in self.nodes.items()}
         start = [(n, substitute(p, parameters)) for n, p in self.start]
-        return Recipe(nodes, start, list(self.error))
+        return Recipe(nodes, start, list(self.error), self.error_first)
 
 
 def _parse_start(value: object, source: str) -> list[tuple[int, Any]]:
@@ -202,9 +215,6 @@ class _Placeholder:
     def __getitem__(self, item: object) -> _Placeholder:
         return _Placeholder(f"{self.text}[{item}]")
 
-    def __getattr__(self, item: str) -> _Placeholder:
-        return _Placeholder(f"{self.text}.{item}")
-
     def __format__(self, spec: str) -> str:
         return "{" + self.text + (":" + spec if spec else "") + "}"
 
@@ -230,7 +240,11 @@ _REPLACE = "{$REPLACE:"
 def substitute(value: Any, parameters: Mapping[str, Any]) -> Any:
     if isinstance(value, str):
         if value.startswith(_REPLACE) and value.endswith("}"):
-            return copy.deepcopy(parameters.get(value[len(_REPLACE) : -1]))
+            try:
+                found = _IndexOnlyFormatter().get_field(value[len(_REPLACE) : -1], (), parameters)
+            except (KeyError, IndexError, TypeError, ValueError):
+                return None
+            return copy.deepcopy(found[0])
         try:
             return _IndexOnlyFormatter().vformat(value, (), _Lenient(parameters))
         except (ValueError, IndexError, KeyError, TypeError, AttributeError):

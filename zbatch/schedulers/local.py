@@ -10,13 +10,14 @@ from typing import ClassVar
 
 from zbatch.errors import SchedulerError
 from zbatch.jobs import JobState
+from zbatch.ledger import default_state_dir
 from zbatch.schedulers.base import Scheduler, SchedulerStatus
 
 _ID = re.compile(r"^\d+$")
 
 
-def default_state_dir() -> Path:
-    return Path.home() / ".local" / "state" / "zbatch" / "localbatch"
+def localbatch_dir() -> Path:
+    return default_state_dir() / "localbatch"
 
 
 class LocalScheduler(Scheduler):
@@ -32,7 +33,7 @@ class LocalScheduler(Scheduler):
     }
 
     def _base(self, action: str) -> list[str]:
-        state_dir = self.profile.local.state_dir or str(default_state_dir())
+        state_dir = self.profile.local.state_dir or str(localbatch_dir())
         return [
             sys.executable,
             "-m",

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zbatch.errors import TransportError
+from zbatch.ledger import default_state_dir
 from zbatch.transport.base import Transport
 from zbatch.transport.embedded import EmbeddedTransport
 
@@ -26,7 +27,7 @@ class TransportConfig:
     def db_path(self) -> Path:
         if self.embedded_db:
             return Path(self.embedded_db).expanduser().absolute()
-        return Path.home() / ".local" / "state" / "zbatch" / "queue.sqlite"
+        return default_state_dir() / "queue.sqlite"
 
 
 def make_transport(config: TransportConfig) -> Transport:

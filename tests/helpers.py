@@ -1,0 +1,40 @@
+"""Helpers shared by the test modules (and by wrapper authors' own tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class ZbatchRun(Protocol):
+    def __call__(self, *args: str, timeout: float = ..., input_text: str | None = ...,
+                 env: dict[str, str] | None = ...) -> subprocess.CompletedProcess[str]: ...
+
+
+def write_recipe(path: Path, recipe: dict[str, Any]) -> Path:
+    path.write_text(json.dumps(recipe))
+    return path
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    """Assert the CLI failed the way a user deserves: non-zero, one clear line, no traceback."""
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("zbatch: error: "), lines[0]
+    return lines[0]
+
+
+def wrapper_step(command: list[str], **extra: Any) -> dict[str, Any]:
+    """A recipe node running the generic wrapper on `command`."""
+    node: dict[str, Any] = {
+        "service": "test step",
+        "queue": "cluster.submission",
+        "parameters": {"wrapper": "generic", "cluster": {"time_limit": "0:05:00"}},
+        "job_parameters": {"command": command},
+    }
+    node.update(extra)
+    return node

@@ -1,0 +1,125 @@
+"""The step envelope is byte-compatible with python-workflows' RecipeWrapper, both ways."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from workflows.recipe.wrapper import RecipeWrapper
+
+from zbatch.envelope import StepMessage, is_recipe_message, start_messages
+from zbatch.errors import RecipeError
+from zbatch.recipe import Recipe
+from zbatch.transport.base import Delivery, Transport
+
+RECIPE: dict[str, Any] = {
+    "1": {"queue": "cluster.submission", "parameters": {"wrapper": "generic"},
+          "output": {"success": [2], "failure": 3, "job_submitted": 4}},
+    "2": {"queue": "downstream", "transport-delay": 5, "output": [3]},
+    "3": {"queue": "errors"},
+    "4": {"topic": "transient.jobs", "exchange": "results"},
+    "start": [[1, {"dcid": 42}]],
+}
+
+
+class Recorder:
+    """Stands in for a workflows transport: records what RecipeWrapper sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Any, dict[str, Any], dict[str, Any]]] = []
+
+    def send(self, destination: str, message: Any, headers: dict[str, Any], **kw: Any) -> None:
+        self.sent.append((destination, message, headers, kw))
+
+    def broadcast(self, destination: str, message: Any, headers: dict[str, Any], **kw: Any) -> None:
+        self.sent.append(("topic:" + destination, message, headers, kw))
+
+
+class Capture(Transport):
+    """A zbatch transport that records publishes."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, bytes, dict[str, Any], dict[str, Any]]] = []
+
+    def connect(self) -> None: ...
+    def disconnect(self) -> None: ...
+
+    def publish(self, queue: str, body: bytes, headers: dict[str, Any], *, exchange: str = "",
+                delay: float | None = None) -> None:
+        self.published.append((queue, body, headers, {"exchange": exchange, "delay": delay}))
+
+    def broadcast(self, exchange: str, body: bytes, headers: dict[str, Any],
+                  expiration_s: float | None = None) -> None:
+        self.published.append(("topic:" + exchange, body, headers, {}))
+
+    def receive(self, queue: str, timeout: float) -> Delivery | None:
+        return None
+
+    def ack(self, delivery: Delivery) -> None: ...
+    def nack(self, delivery: Delivery, requeue: bool = True) -> None: ...
+    def dead_letter(self, delivery: Delivery, reason: str) -> None: ...
+
+
+def test_zbatch_reads_what_workflows_starts() -> None:
+    recorder = Recorder()
+    RecipeWrapper(recipe=RECIPE, transport=recorder, environment={"ID": "abc"}).start()
+    queue, body, headers, _ = recorder.sent[0]
+    assert queue == "cluster.submission" and is_recipe_message(headers)
+    message = StepMessage.from_body(json.dumps(body))
+    assert (message.pointer, message.path, message.recipe_id) == (1, [], "abc")
+    assert message.payload == {"dcid": 42}
+
+
+@pytest.mark.parametrize("channel", ["success", "failure", "job_submitted"])
+def test_onward_messages_are_identical_to_workflows(channel: str) -> None:
+    start = start_messages(Recipe.from_json(RECIPE), {"ID": "abc"})[0]
+    recorder = Recorder()
+    theirs = RecipeWrapper(message=json.loads(json.dumps(start.to_body())), transport=recorder)
+    theirs.send_to(channel, {"result": 1})
+    ours = Capture()
+    ours.send_onward(start, channel, {"result": 1})
+    assert len(ours.published) == len(recorder.sent) == 1
+    (queue, body, headers, kw), (their_queue, their_body, their_headers, their_kw) = (
+        ours.published[0], recorder.sent[0])
+    assert queue == their_queue
+    assert headers == their_headers == {"workflows-recipe": True}
+    assert body == json.dumps(their_body).encode()
+    if channel == "job_submitted":
+        assert their_kw == {"exchange": "results"}
+
+
+def test_workflows_reads_what_zbatch_sends() -> None:
+    start = start_messages(Recipe.from_json(RECIPE), {"ID": "abc"})[0]
+    ours = Capture()
+    ours.send_onward(start, "success", "done")
+    queue, body, _, kw = ours.published[0]
+    assert (queue, kw["delay"]) == ("downstream", 5.0)
+    theirs = RecipeWrapper(message=json.loads(body), transport=Recorder())
+    assert theirs.recipe_pointer == 2 and theirs.recipe_path == [1]
+    assert theirs.payload == "done" and theirs.environment == {"ID": "abc"}
+
+
+def test_plain_list_outputs_count_as_the_default_channel() -> None:
+    step2 = StepMessage(Recipe.from_json(RECIPE), 2, [1], {"ID": "x"}, None)
+    assert step2.destinations("success") == [3]
+    assert step2.destinations(None) == [3]
+    assert step2.destinations("failure") == []
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (b"\xff\xfe", "not valid JSON"),
+    (b"[]", "must be a JSON object"),
+    (b'{"recipe": {}}', "missing recipe-pointer"),
+    (json.dumps({"recipe": RECIPE, "recipe-pointer": 9}).encode(), "names no node"),
+    (json.dumps({"recipe": RECIPE, "recipe-pointer": True}).encode(), "names no node"),
+    (json.dumps({"recipe": RECIPE, "recipe-pointer": 1, "recipe-path": "x"}).encode(),
+     "recipe-path"),
+    (json.dumps({"recipe": RECIPE, "recipe-pointer": 1, "environment": []}).encode(),
+     "environment"),
+    (b" " * (9 * 1024 * 1024), "over the"),
+])
+def test_malformed_envelopes_are_refused(body: bytes, message: str) -> None:
+    with pytest.raises(RecipeError) as caught:
+        StepMessage.from_body(body)
+    assert message in str(caught.value)

@@ -1,0 +1,206 @@
+"""Son of Grid Engine: qsub / qstat -xml / qdel / qacct argv and their output (SGE 8.1.9)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
+
+from zbatch.errors import SchedulerError
+from zbatch.jobs import JobState
+from zbatch.schedulers.base import Scheduler, SchedulerStatus
+from zbatch.schedulers.slurm import base_id, check_ids, check_script, combine, select, shorten
+
+log = logging.getLogger(__name__)
+
+# A job (123) or one array task (123.4); ids end up in argv, so nothing else is accepted.
+JOB_ID = re.compile(r"^[0-9]{1,12}(?:\.[0-9]{1,9})?$")
+# `-terse` prints "123", or "123.1-10:1" for an array; without it: 'Your job 123 ("x") has
+# been submitted' or 'Your job-array 123.1-10:1 ("x") has been submitted'.
+_SUBMIT_LINE = re.compile(r"^\s*([0-9]{1,12})(?:\.[0-9]+-[0-9]+:[0-9]+)?\s*$")
+_SUBMIT_TEXT = re.compile(r"\bYour job(?:-array)? ([0-9]{1,12})\b.*has been submitted")
+# qstat -xml of a whole busy cluster is a few MB; far more than this is not a qstat answer.
+MAX_XML = 64 * 1024 * 1024
+
+_P, _R, _F = JobState.PENDING, JobState.RUNNING, JobState.FAILED
+# The state combinations qstat(1) documents. Error states (E) never leave the queue on their
+# own: the job failed to start and waits for an admin's `qmod -cj` or a `qdel`, so they are
+# reported FAILED (the tracker should qdel them). Deletion in progress (d) is still RUNNING:
+# the process may not be dead yet, and qacct settles how it ended.
+_DOCUMENTED: dict[str, JobState] = {
+    **dict.fromkeys(["qw", "hqw", "hRwq", "Rq", "Rwq"], _P),
+    **dict.fromkeys(["r", "t", "Rr", "Rt", "hr", "hRr"], _R),
+    **dict.fromkeys(["s", "ts", "S", "tS", "T", "tT", "Rs", "Rts", "RS", "RtS", "RT", "RtT"], _R),
+    **dict.fromkeys(["dr", "dt", "dRr", "dRt", "ds", "dS", "dT", "dRs", "dRS", "dRT"], _R),
+    **dict.fromkeys(["Eqw", "Ehqw", "EhRqw"], _F),
+}
+_REASONS = {
+    "E": "error state (see qstat -j)",
+    "d": "being deleted",
+    "h": "held",
+    "s": "suspended",
+    "S": "queue suspended",
+    "T": "suspended by threshold",
+}
+# qacct `failed` codes (sge_status / execd) that are not the job's own doing.
+_FAILED_LIMIT = 37  # "qmaster enforced h_rt, h_cpu, or h_vmem limit"
+_FAILED_ASSUMED = 100  # "assumedly after job": killed by a signal, e.g. qdel of a running job
+
+
+class SgeScheduler(Scheduler):
+    name: ClassVar[str] = "sge"
+    state_map: ClassVar[Mapping[str, JobState]] = _DOCUMENTED
+
+    def map_state(self, raw: str, job_id: str) -> JobState:
+        state = self.state_map.get(raw)
+        if state is None and raw and set(raw) <= set("qwhRrtsSTEd"):
+            # An undocumented mix of known letters: the letters still say enough.
+            state = _F if "E" in raw else _R if set(raw) & set("rtsST") else _P
+            log.info("job %s: undocumented sge state %r read as %s", job_id, raw, state)
+        return state if state is not None else super().map_state(raw, job_id)
+
+    def submit_argv(self, script_path: str) -> list[str]:
+        return ["qsub", "-terse", check_script(script_path, self.name)]
+
+    def parse_submit(self, stdout: str) -> str:
+        # Site wrappers (JSV messages, banners) may add lines: take the last bare id.
+        for line in reversed(stdout.splitlines()):
+            match = _SUBMIT_LINE.match(line)
+            if match:
+                return match.group(1)
+        text = _SUBMIT_TEXT.search(stdout)
+        if text:
+            return text.group(1)
+        raise SchedulerError(f"qsub printed no job id: {shorten(stdout) or '(nothing)'}")
+
+    def status_argv(self, job_ids: Sequence[str]) -> list[str]:
+        check_ids(job_ids, JOB_ID, self.name)
+        # qstat cannot select several jobs by id; without -u it lists only the caller's own jobs
+        # (the documented default `-u $user`), which are the only ones we submit. `-g d` gives
+        # one entry per array task instead of folding pending tasks into "4-10:1".
+        return ["qstat", "-xml", "-g", "d"]
+
+    def parse_status(self, stdout: str, job_ids: Sequence[str]) -> dict[str, SchedulerStatus]:
+        root = _parse_xml(stdout)
+        if root is None:
+            return {}
+        wanted = set(job_ids)
+        found: dict[str, list[SchedulerStatus]] = {}
+        for entry in root.iter("job_list"):
+            number = (entry.findtext("JB_job_number") or "").strip()
+            raw = (entry.findtext("state") or "").strip()
+            if not number.isdigit():
+                log.warning("qstat job entry without a job number, ignored")
+                continue
+            tasks = _tasks((entry.findtext("tasks") or "").strip())
+            keys = [number] + [f"{number}.{t}" for t in tasks if f"{number}.{t}" in wanted]
+            for key in keys:
+                if key in wanted:
+                    status = SchedulerStatus(key, self.map_state(raw, key), None, _reason(raw), raw)
+                    found.setdefault(key, []).append(status)
+        return select(found, job_ids)
+
+    def cancel_argv(self, job_ids: Sequence[str]) -> list[str]:
+        return ["qdel", *check_ids(job_ids, JOB_ID, self.name)]
+
+    def detail_argv(self, job_id: str) -> list[str] | None:
+        check_ids([job_id], JOB_ID, self.name)
+        job, _, task = job_id.partition(".")
+        return ["qacct", "-j", job, *(["-t", task] if task else [])]
+
+    def parse_detail(self, stdout: str, job_id: str) -> SchedulerStatus | None:
+        if re.search(r"error: job id \S+ not found", stdout):
+            return None
+        # Records are separated by "=====" lines; qacct lists a reused id once per run, oldest
+        # first, so the last record per task is the one we submitted.
+        latest: dict[str, dict[str, str]] = {}
+        for block in re.split(r"^=+\s*$", stdout, flags=re.MULTILINE):
+            record = _record(block)
+            if "failed" in record and "exit_status" in record:
+                if base_id(job_id) == record.get("jobnumber", base_id(job_id)):
+                    latest.pop(record.get("taskid", ""), None)  # keep insertion order = newest
+                    latest[record.get("taskid", "")] = record
+        if not latest:
+            return None
+        return combine(job_id, [self._outcome(r, job_id) for r in latest.values()])
+
+    def _outcome(self, record: Mapping[str, str], job_id: str) -> SchedulerStatus:
+        failed_text = record["failed"]
+        failed = int(failed_text.split()[0]) if failed_text.split()[0].isdigit() else -1
+        exit_text = record["exit_status"].split()[0]
+        exit_code = int(exit_text) if exit_text.isdigit() else None
+        reason = failed_text.partition(":")[2].strip()
+        raw = f"failed={failed} exit_status={exit_code}"
+        if failed == _FAILED_LIMIT:
+            state = JobState.OUT_OF_MEMORY if _memory_hit(record) else JobState.TIMEOUT
+        elif failed == _FAILED_ASSUMED and exit_code == 137:
+            state = JobState.CANCELLED
+        elif failed != 0:
+            state, reason = JobState.FAILED, reason or f"failed {failed}"
+        else:
+            state = JobState.SUCCEEDED if exit_code == 0 else JobState.FAILED
+        return SchedulerStatus(job_id, state, exit_code, reason, raw)
+
+
+def _parse_xml(stdout: str) -> ET.Element | None:
+    if len(stdout) > MAX_XML:
+        raise SchedulerError(f"qstat -xml output is {len(stdout)} characters; refusing to parse")
+    start = min((i for i in (stdout.find("<?xml"), stdout.find("<job_info")) if i >= 0), default=-1)
+    if start < 0:
+        if stdout.strip():
+            raise SchedulerError(f"qstat printed no XML: {shorten(stdout)}")
+        return None
+    text = stdout[start:]
+    # qstat never declares entities; refusing a DTD rules out entity-expansion tricks.
+    if "<!DOCTYPE" in text or "<!ENTITY" in text:
+        raise SchedulerError("qstat -xml output carries a DTD; refusing to parse it")
+    try:
+        return ET.fromstring(text)
+    except ET.ParseError as exc:
+        raise SchedulerError(f"qstat -xml output is not XML ({exc}): {shorten(text)}") from exc
+
+
+def _tasks(text: str) -> list[int]:
+    """Task ids from qstat's `tasks` field: "3", "4-10:1" or "1,3,5-7:2" (small ranges only)."""
+    out: list[int] = []
+    for part in filter(None, text.split(",")):
+        match = re.fullmatch(r"([0-9]+)(?:-([0-9]+)(?::([0-9]+))?)?", part)
+        if match:
+            first = int(match.group(1))
+            last = int(match.group(2) or first)
+            step = max(int(match.group(3) or 1), 1)
+            out.extend(range(first, min(last, first + 100_000 * step) + 1, step))
+    return out
+
+
+def _reason(raw: str) -> str:
+    return ", ".join(text for letter, text in _REASONS.items() if letter in raw)
+
+
+def _record(block: str) -> dict[str, str]:
+    record: dict[str, str] = {}
+    for line in block.splitlines():
+        key, _, value = line.strip().partition(" ")
+        if key and value.strip():
+            record[key] = value.strip()
+    return record
+
+
+_UNITS = {"B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def _bytes(text: str) -> float | None:
+    match = re.fullmatch(r"([0-9.]+)\s*([BKMGT]?)", text.strip(), flags=re.IGNORECASE)
+    if not match:
+        return None
+    return float(match.group(1)) * _UNITS[(match.group(2) or "B").upper()]
+
+
+def _memory_hit(record: Mapping[str, str]) -> bool:
+    """failed 37 covers h_rt, h_cpu and h_vmem: memory if maxvmem reached the h_vmem request."""
+    limit = re.search(r"\bh_vmem=([0-9.]+[BKMGT]?)", record.get("category", ""), re.IGNORECASE)
+    used = _bytes(record.get("maxvmem", ""))
+    cap = _bytes(limit.group(1)) if limit else None
+    return cap is not None and used is not None and used >= 0.95 * cap

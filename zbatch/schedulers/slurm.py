@@ -1,0 +1,225 @@
+"""Slurm: sbatch / squeue / scancel / scontrol argv and their output, checked against Slurm 22.05."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
+
+from zbatch.errors import SchedulerError
+from zbatch.jobs import JobState
+from zbatch.schedulers.base import Scheduler, SchedulerStatus
+
+log = logging.getLogger(__name__)
+
+# Plain job, array task (123_4) or het-job component (123+0). Ids end up in argv, so nothing
+# else is accepted: a hostile "--uid=0" must never reach squeue or scancel as an option.
+JOB_ID = re.compile(r"^[0-9]{1,12}(?:[_+][0-9]{1,9})?$")
+# `--parsable` prints "ID" or "ID;cluster"; without it sbatch says "Submitted batch job ID".
+_SUBMIT_LINE = re.compile(r"^\s*([0-9]{1,12})(?:;[A-Za-z0-9_.-]+)?\s*$")
+_SUBMIT_TEXT = re.compile(r"\bSubmitted batch job ([0-9]{1,12})\b")
+# squeue -o fields; '|' cannot occur in a job id or a state word, and the reason comes last
+# so that a '|' in an admin-written reason cannot shift the columns.
+_SQUEUE_FORMAT = "%i|%T|%r"
+_SHOWN = 200
+
+
+def shorten(text: str, limit: int = _SHOWN) -> str:
+    """Scheduler output quoted in an error message, cut so one bad reply stays one line."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def check_ids(job_ids: Sequence[str], pattern: re.Pattern[str], scheduler: str) -> list[str]:
+    if isinstance(job_ids, str):  # a bare str is a Sequence too; "123" must not become 1,2,3
+        raise SchedulerError(f"{scheduler}: job ids must be a list, not the string {job_ids!r}")
+    if not job_ids:
+        raise SchedulerError(f"{scheduler}: no job ids given")
+    for job_id in job_ids:
+        if not isinstance(job_id, str) or not pattern.match(job_id):
+            raise SchedulerError(f"{scheduler}: {shorten(repr(job_id), 60)} is not a job id")
+    return list(job_ids)
+
+
+def check_script(script_path: str, scheduler: str) -> str:
+    # A path starting with '-' would be read as an option; newline/NUL cannot be passed on.
+    if not script_path or script_path.startswith("-") or any(c in script_path for c in "\n\r\0"):
+        raise SchedulerError(f"{scheduler}: refusing to submit script path {script_path!r}")
+    return script_path
+
+
+def base_id(job_id: str) -> str:
+    """The job an array task or het component belongs to: 123_4 -> 123, 123+1 -> 123."""
+    return re.split(r"[_+.]", job_id, maxsplit=1)[0]
+
+
+# Pending-before-final order: while anything still runs the whole array is running.
+_ACTIVE_ORDER = (JobState.RUNNING, JobState.PENDING, JobState.UNKNOWN)
+
+
+def combine(job_id: str, parts: Sequence[SchedulerStatus]) -> SchedulerStatus:
+    """One status for an array (or het) job from the statuses of its tasks."""
+    if len(parts) == 1:
+        return SchedulerStatus(
+            job_id, parts[0].state, parts[0].exit_code, parts[0].reason, parts[0].raw_state
+        )
+    for state in _ACTIVE_ORDER:
+        chosen = [p for p in parts if p.state is state]
+        if chosen:
+            return SchedulerStatus(job_id, state, None, chosen[0].reason, chosen[0].raw_state)
+    bad = [p for p in parts if p.state is not JobState.SUCCEEDED]
+    pick = bad[0] if bad else parts[0]
+    return SchedulerStatus(job_id, pick.state, pick.exit_code, pick.reason, pick.raw_state)
+
+
+def select(
+    found: Mapping[str, list[SchedulerStatus]], job_ids: Sequence[str]
+) -> dict[str, SchedulerStatus]:
+    """Statuses for exactly the ids asked for; a base id collects all of its tasks."""
+    result: dict[str, SchedulerStatus] = {}
+    for job_id in job_ids:
+        if found.get(job_id):
+            result[job_id] = combine(job_id, found[job_id])
+    return result
+
+
+class SlurmScheduler(Scheduler):
+    name: ClassVar[str] = "slurm"
+    # Job states from squeue(1) "JOB STATE CODES" (22.05). Jobs that have not started their
+    # script yet are PENDING; anything that may still be running (or tearing down) is RUNNING,
+    # because only a final state may be acted upon.
+    state_map: ClassVar[Mapping[str, JobState]] = {
+        "PENDING": JobState.PENDING,
+        "CONFIGURING": JobState.PENDING,  # nodes allocated but booting; the script has not run
+        "REQUEUED": JobState.PENDING,
+        "REQUEUE_FED": JobState.PENDING,
+        "REQUEUE_HOLD": JobState.PENDING,
+        "RESV_DEL_HOLD": JobState.PENDING,
+        "RUNNING": JobState.RUNNING,
+        "COMPLETING": JobState.RUNNING,  # epilog still running; the outcome is not final yet
+        "SUSPENDED": JobState.RUNNING,
+        "STOPPED": JobState.RUNNING,
+        "SIGNALING": JobState.RUNNING,
+        "STAGE_OUT": JobState.RUNNING,
+        "RESIZING": JobState.RUNNING,
+        "COMPLETED": JobState.SUCCEEDED,
+        "FAILED": JobState.FAILED,
+        "SPECIAL_EXIT": JobState.FAILED,
+        "PREEMPTED": JobState.FAILED,  # killed without requeue; raw_state keeps the cause
+        "TIMEOUT": JobState.TIMEOUT,
+        "DEADLINE": JobState.TIMEOUT,  # could not finish before its --deadline
+        "CANCELLED": JobState.CANCELLED,
+        "REVOKED": JobState.CANCELLED,  # federation: a sibling cluster ran it instead
+        "OUT_OF_MEMORY": JobState.OUT_OF_MEMORY,
+        "NODE_FAIL": JobState.NODE_FAILURE,
+        "BOOT_FAIL": JobState.NODE_FAILURE,
+    }
+
+    def map_state(self, raw: str, job_id: str) -> JobState:
+        # "CANCELLED by 0" (sacct, scontrol) and "CANCELLED+" (truncated sacct) carry the word first.
+        return super().map_state(raw.split(" ", 1)[0].rstrip("+"), job_id)
+
+    def submit_argv(self, script_path: str) -> list[str]:
+        return ["sbatch", "--parsable", check_script(script_path, self.name)]
+
+    def parse_submit(self, stdout: str) -> str:
+        # Site wrappers around sbatch may print notices before or after the id: take the last
+        # line that is nothing but an id, else the classic sentence.
+        for line in reversed(stdout.splitlines()):
+            match = _SUBMIT_LINE.match(line)
+            if match:
+                return match.group(1)
+        text = _SUBMIT_TEXT.search(stdout)
+        if text:
+            return text.group(1)
+        raise SchedulerError(f"sbatch printed no job id: {shorten(stdout) or '(nothing)'}")
+
+    def status_argv(self, job_ids: Sequence[str]) -> list[str]:
+        ids = check_ids(job_ids, JOB_ID, self.name)
+        # -r: one line per array task, so pending tasks are not folded into "123_[4-9]".
+        return ["squeue", "-h", "-r", "-t", "all", "-j", ",".join(ids), "-o", _SQUEUE_FORMAT]
+
+    def parse_status(self, stdout: str, job_ids: Sequence[str]) -> dict[str, SchedulerStatus]:
+        wanted = set(job_ids)
+        found: dict[str, list[SchedulerStatus]] = {}
+        for line in stdout.splitlines():
+            fields = line.strip().split("|", 2)
+            if len(fields) != 3 or not JOB_ID.match(fields[0]):
+                if line.strip():
+                    log.warning("squeue line not understood, ignored: %s", shorten(line))
+                continue
+            job_id, raw, reason = fields
+            # A task is filed under its own id and under its array job, whichever was asked for.
+            for key in dict.fromkeys((job_id, base_id(job_id))):
+                if key in wanted:
+                    status = SchedulerStatus(
+                        key,
+                        self.map_state(raw, job_id),
+                        None,
+                        "" if reason == "None" else reason,
+                        raw,
+                    )
+                    found.setdefault(key, []).append(status)
+        return select(found, job_ids)
+
+    def status_error_is_empty(self, stderr: str) -> bool:
+        # squeue exits 1 with "slurm_load_jobs error: Invalid job id specified" once every id
+        # given has been purged (MinJobAge); with at least one live id it simply omits the rest.
+        return "Invalid job id specified" in stderr
+
+    def cancel_argv(self, job_ids: Sequence[str]) -> list[str]:
+        return ["scancel", *check_ids(job_ids, JOB_ID, self.name)]
+
+    def detail_argv(self, job_id: str) -> list[str] | None:
+        return ["scontrol", "show", "job", "-o", *check_ids([job_id], JOB_ID, self.name)]
+
+    def parse_detail(self, stdout: str, job_id: str) -> SchedulerStatus | None:
+        if "Invalid job id" in stdout:
+            return None
+        # -o prints one line per job (per task for arrays): prefer the line that is this job.
+        records = [_fields(line) for line in stdout.splitlines() if "JobState=" in line]
+        records = [r for r in records if "JobState" in r]
+        if not records:
+            return None
+        mine = [r for r in records if job_id in _names(r)]
+        parts = [self._detail(r, job_id) for r in (mine or records)]
+        return combine(job_id, parts)
+
+    def _detail(self, fields: Mapping[str, str], job_id: str) -> SchedulerStatus:
+        raw = fields["JobState"]
+        reason = fields.get("Reason", "")
+        return SchedulerStatus(
+            job_id,
+            self.map_state(raw, job_id),
+            _exit_code(fields.get("ExitCode", "")),
+            "" if reason == "None" else reason,
+            raw,
+        )
+
+
+# Keys of `scontrol show job -o`. Values such as Command= or WorkDir= may hold spaces, so
+# each value runs until the next " Key=" rather than to the next space.
+_FIELD = re.compile(r"(?:^|\s)([A-Za-z_:/]+)=(.*?)(?=\s+[A-Za-z_:/]+=|\s*$)")
+
+
+def _fields(line: str) -> dict[str, str]:
+    return {key: value for key, value in _FIELD.findall(line)}
+
+
+def _names(fields: Mapping[str, str]) -> set[str]:
+    names = {fields.get("JobId", "")}
+    if fields.get("ArrayTaskId"):
+        names.add(f"{fields.get('ArrayJobId')}_{fields['ArrayTaskId']}")
+    if fields.get("HetJobOffset"):
+        names.add(f"{fields.get('HetJobId')}+{fields['HetJobOffset']}")
+    return names
+
+
+def _exit_code(text: str) -> int | None:
+    """ExitCode=N:S -> N, or 128+S when a signal S ended the job (the shell's convention)."""
+    match = re.fullmatch(r"([0-9]+):([0-9]+)", text)
+    if not match:
+        return None
+    code, signal = int(match.group(1)), int(match.group(2))
+    return 128 + signal if signal else code
