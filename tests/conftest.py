@@ -65,3 +65,7 @@ def zbatch() -> Iterator[ZbatchRun]:
         )
 
     yield run
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--update-golden", action="store_true", help="Rewrite tests/golden files.")

@@ -7,6 +7,7 @@ error that names the file, the key and what would be valid, never a silently ign
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -14,11 +15,19 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from zbatch.errors import ProfileError
+from zbatch.errors import ParameterError, ProfileError
 from zbatch.units import parse_duration, parse_memory_mb
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=128)]
+
+
+def _checked(parse: Callable[[object], int], value: object) -> int:
+    """Run a unit parser inside a validator: pydantic reports ValueErrors with the key."""
+    try:
+        return parse(value)
+    except ParameterError as exc:
+        raise ValueError(str(exc)) from None
 
 
 class _Strict(BaseModel):
@@ -51,12 +60,12 @@ class Defaults(_Strict):
     @field_validator("time_limit_s", mode="before")
     @classmethod
     def _duration(cls, value: object) -> object:
-        return None if value is None else parse_duration(value)
+        return None if value is None else _checked(parse_duration, value)
 
     @field_validator("memory_mb", mode="before")
     @classmethod
     def _memory(cls, value: object) -> object:
-        return None if value is None else parse_memory_mb(value)
+        return None if value is None else _checked(parse_memory_mb, value)
 
 
 class Limits(_Strict):
@@ -68,12 +77,12 @@ class Limits(_Strict):
     @field_validator("max_time_limit_s", mode="before")
     @classmethod
     def _duration(cls, value: object) -> object:
-        return None if value is None else parse_duration(value)
+        return None if value is None else _checked(parse_duration, value)
 
     @field_validator("max_memory_mb", mode="before")
     @classmethod
     def _memory(cls, value: object) -> object:
-        return None if value is None else parse_memory_mb(value)
+        return None if value is None else _checked(parse_memory_mb, value)
 
 
 class Resources(_Strict):
@@ -149,8 +158,6 @@ def parse_profile(data: object, source: str) -> Profile:
         return Profile.model_validate({**data, "source": source})
     except ValidationError as exc:
         raise ProfileError(_format_error(source, exc)) from None
-    except ValueError as exc:  # units' ParameterError raised inside a validator
-        raise ProfileError(f"{source}: {exc}") from None
 
 
 def load_profile_file(path: str | Path) -> Profile:

@@ -26,7 +26,8 @@ class JobContext:
     zbatch_command: list[str] | None = None
 
     def command_for(self, profile: Profile) -> list[str]:
-        return self.zbatch_command or profile.zbatch_command or [sys.executable, "-m", "zbatch"]
+        # The profile knows where zbatch lives on the cluster; this process is the fallback.
+        return profile.zbatch_command or self.zbatch_command or [sys.executable, "-m", "zbatch"]
 
 
 def installed_wrappers() -> list[str]:

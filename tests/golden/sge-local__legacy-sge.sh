@@ -1,0 +1,47 @@
+#!/bin/bash
+#$ -S /bin/bash
+#$ -N fast_ep
+#$ -o /dls/mx/data/fast_ep/zbatch-golden-0-1.out
+#$ -e /dls/mx/data/fast_ep/zbatch-golden-0-1.err
+#$ -wd /dls/mx/data/fast_ep
+#$ -notify
+#$ -q all.q
+#$ -P mx
+#$ -pe smp 4
+#$ -l h_rt=2:00:00
+#$ -l h_vmem=2048M
+# Record how the job ended, whatever happens, so the outcome never depends on the scheduler.
+zbatch_exit_record=/dls/mx/data/fast_ep/zbatch-golden-0-1.exit
+zbatch_signal=""
+zbatch_child=""
+# shellcheck disable=SC2317  # called through trap, which shellcheck cannot see
+zbatch_write_exit() {
+    local rc=$?
+    printf '{"exit_code": %d, "end_time": %s, "signal": "%s"}\n' \
+        "$rc" "$(date +%s)" "$zbatch_signal" > "$zbatch_exit_record.tmp" \
+        && mv -f "$zbatch_exit_record.tmp" "$zbatch_exit_record"
+}
+# shellcheck disable=SC2317
+zbatch_forward() {
+    zbatch_signal=$1
+    if [ -n "$zbatch_child" ]; then kill -s "$1" "$zbatch_child" 2>/dev/null || true; fi
+}
+trap zbatch_write_exit EXIT
+trap 'zbatch_forward TERM' TERM
+trap 'zbatch_forward INT' INT
+trap 'zbatch_forward USR1' USR1
+trap 'zbatch_forward USR2' USR2
+
+cd /dls/mx/data/fast_ep || exit 1
+(
+echo legacy step
+zbatch wrap --wrap generic --recipewrapper /dls/mx/data/fast_ep/fast_ep.recipewrap
+) &
+zbatch_child=$!
+# A trapped signal interrupts wait; keep waiting until the child has really ended.
+while :; do
+    wait "$zbatch_child"
+    rc=$?
+    kill -0 "$zbatch_child" 2>/dev/null || break
+done
+exit "$rc"

@@ -1,0 +1,49 @@
+#!/bin/bash
+#SBATCH --job-name=xia2-dials
+#SBATCH --output=/dls/mx/data/mx1234-5/dc1/xia2-dials/zbatch-golden-0-1.out
+#SBATCH --error=/dls/mx/data/mx1234-5/dc1/xia2-dials/zbatch-golden-0-1.err
+#SBATCH --chdir=/dls/mx/data/mx1234-5/dc1/xia2-dials
+#SBATCH --partition=debug
+#SBATCH --cpus-per-task=2
+#SBATCH --mem-per-cpu=1000M
+#SBATCH --time=6:00:00
+# Record how the job ended, whatever happens, so the outcome never depends on the scheduler.
+zbatch_exit_record=/dls/mx/data/mx1234-5/dc1/xia2-dials/zbatch-golden-0-1.exit
+zbatch_signal=""
+zbatch_child=""
+# shellcheck disable=SC2317  # called through trap, which shellcheck cannot see
+zbatch_write_exit() {
+    local rc=$?
+    printf '{"exit_code": %d, "end_time": %s, "signal": "%s"}\n' \
+        "$rc" "$(date +%s)" "$zbatch_signal" > "$zbatch_exit_record.tmp" \
+        && mv -f "$zbatch_exit_record.tmp" "$zbatch_exit_record"
+}
+# shellcheck disable=SC2317
+zbatch_forward() {
+    zbatch_signal=$1
+    if [ -n "$zbatch_child" ]; then kill -s "$1" "$zbatch_child" 2>/dev/null || true; fi
+}
+trap zbatch_write_exit EXIT
+trap 'zbatch_forward TERM' TERM
+trap 'zbatch_forward INT' INT
+trap 'zbatch_forward USR1' USR1
+trap 'zbatch_forward USR2' USR2
+
+# Site set-up from profile slurm-local
+umask 0022
+
+export GREETING='it'"'"'s a $HOME `test`'
+export ZOCALO_DEFAULT_ENV=live
+
+cd /dls/mx/data/mx1234-5/dc1/xia2-dials || exit 1
+(
+zbatch wrap --wrap generic --recipewrapper /dls/mx/data/mx1234-5/dc1/xia2-dials/.recipewrap
+) &
+zbatch_child=$!
+# A trapped signal interrupts wait; keep waiting until the child has really ended.
+while :; do
+    wait "$zbatch_child"
+    rc=$?
+    kill -0 "$zbatch_child" 2>/dev/null || break
+done
+exit "$rc"

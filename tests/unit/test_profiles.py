@@ -1,0 +1,65 @@
+"""Site profiles: the shipped ones are valid; broken ones name file, key and fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from zbatch.errors import ProfileError
+from zbatch.profiles import find_profiles, load_profile, load_profile_file
+
+SHIPPED = Path(__file__).resolve().parents[2] / "site-configs"
+
+
+@pytest.mark.parametrize("path", sorted(SHIPPED.glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_profiles_are_valid(path: Path) -> None:
+    profile = load_profile_file(path)
+    assert profile.name == path.stem
+
+
+def test_required_examples_are_shipped() -> None:
+    names = set(find_profiles())
+    assert {"local", "slurm-local", "slurm-over-ssh", "sge-local", "sge-drmaa"} <= names
+
+
+def test_config_dir_overrides_shipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "local.yaml").write_text("name: local\nscheduler: local\nlocal: {slots: 7}\n")
+    monkeypatch.setenv("ZBATCH_CONFIG_DIR", str(tmp_path))
+    assert load_profile("local").local.slots == 7
+
+
+def test_units_are_parsed() -> None:
+    profile = load_profile("slurm-local")
+    assert profile.limits.max_memory_mb == 4096
+    assert profile.defaults.time_limit_s == 1800
+
+
+BROKEN = [
+    ("name: x\nscheduler: pbs\n", "scheduler: Input should be 'local', 'slurm' or 'sge'"),
+    ("name: x\nscheduler: slurm\nfoo: 1\n", "foo: unknown key; allowed here: name, description"),
+    ("name: x\nscheduler: slurm\nconnection: {type: ssh, prot: 22}\n",
+     "connection.prot: unknown key; allowed here: type, host, port"),
+    ("name: x\nscheduler: slurm\ndefaults: {cpus: many}\n", "defaults.cpus: Input should be a valid integer"),
+    ("name: x\nscheduler: slurm\ndefaults: {time_limit_s: soon}\n", "is not a duration"),
+    ("name: x\nscheduler: slurm\nworkdir_root: relative/dir\n", "must be an absolute path"),
+    ("name: 'bad name'\nscheduler: slurm\n", "name: String should match pattern"),
+    ("name: x\nscheduler: slurm\nsetup: [\"a\\nb\"]\n", "spans several lines"),
+    ("- just\n- a list\n", "must be a YAML mapping"),
+    ("name: x\n  scheduler: [\n", "not valid YAML"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BROKEN)
+def test_broken_profiles_name_file_and_key(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text(text)
+    with pytest.raises(ProfileError) as caught:
+        load_profile_file(path)
+    assert str(caught.value).startswith(str(path))
+    assert message in str(caught.value)
+
+
+def test_unknown_profile_lists_known_ones() -> None:
+    with pytest.raises(ProfileError, match="known profiles: .*slurm-local"):
+        load_profile("nonexistent")
