@@ -14,7 +14,7 @@ from zbatch.envelope import StepMessage, start_messages
 from zbatch.errors import ZbatchError
 from zbatch.jobs import JobState
 from zbatch.ledger import Ledger, LedgerEntry
-from zbatch.profiles import load_profile
+from zbatch.profiles import load_profile, load_profile_file
 from zbatch.recipe import Recipe
 from zbatch.runner import RecipeRunner
 from zbatch.steps import is_wrapper_step
@@ -174,9 +174,10 @@ def _print_entries(entries: list[LedgerEntry], as_json: bool) -> None:
 
 
 def _by_profile(entries: list[LedgerEntry]) -> dict[str, list[LedgerEntry]]:
+    """Entries grouped by the profile file they were submitted with."""
     groups: dict[str, list[LedgerEntry]] = defaultdict(list)
     for entry in entries:
-        groups[entry.profile].append(entry)
+        groups[entry.profile_source].append(entry)
     return groups
 
 
@@ -196,13 +197,15 @@ def status(jobs: tuple[str, ...], as_json: bool, no_refresh: bool) -> None:
     if jobs and not entries:
         fail(f"no tracked job matches {' '.join(jobs)}")
     if not no_refresh:
-        for name, group in _by_profile([e for e in entries if e.active]).items():
+        for source, group in _by_profile([e for e in entries if e.active]).items():
             try:
-                cluster = cluster_for(load_profile(name))
-                Tracker(cluster, ledger, name, recipe_ids={e.recipe_id for e in group}).poll_once()
+                profile = load_profile_file(source)
+                cluster = cluster_for(profile)
+                recipe_ids = {e.recipe_id for e in group}
+                Tracker(cluster, ledger, profile.name, recipe_ids=recipe_ids).poll_once()
                 cluster.close()
             except ZbatchError as exc:
-                click.echo(f"zbatch: warning: profile {name}: {exc}", err=True)
+                click.echo(f"zbatch: warning: {exc}", err=True)
         entries = [ledger.get(e.key) or e for e in entries]
     _print_entries(entries, as_json)
 
@@ -220,8 +223,8 @@ def cancel(jobs: tuple[str, ...]) -> None:
     missing = set(jobs) - {e.job_id for e in entries} - {e.key for e in entries}
     if missing:
         fail(f"no tracked job {', '.join(sorted(missing))}")
-    for name, group in _by_profile(entries).items():
-        cluster = cluster_for(load_profile(name))
+    for source, group in _by_profile(entries).items():
+        cluster = cluster_for(load_profile_file(source))
         cluster.cancel([e.job_id for e in group if e.job_id])
         cluster.close()
         for e in group:

@@ -25,6 +25,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     recipe_id TEXT NOT NULL,
     pointer INTEGER NOT NULL,
     profile TEXT NOT NULL,
+    profile_source TEXT NOT NULL,
     scheduler TEXT NOT NULL,
     job_name TEXT NOT NULL,
     job_id TEXT,
@@ -66,6 +67,7 @@ class LedgerEntry:
     recipe_id: str
     pointer: int
     profile: str
+    profile_source: str
     scheduler: str
     job_name: str
     job_id: str | None

@@ -81,12 +81,16 @@ def prepare_job(message: StepMessage, profile: Profile, context: JobContext) -> 
     paths = JobPaths(Path(spec.workdir), job_tag(message))
     recipewrapper, files = envelope_files(message, paths)
     params = message.step["parameters"]
+    lines = step_commands(message, profile)
     if params.get("wrapper") is not None:
+        if lines is not None:
+            raise ParameterError(
+                f"step {message.pointer}: names both a wrapper and commands; give one of them"
+            )
         command = _wrapper_command(params["wrapper"], message, recipewrapper, profile, context)
-    else:
-        lines = step_commands(message, profile)
-        if not lines:
-            raise ParameterError(f"step {message.pointer}: names neither a wrapper nor commands")
+    elif lines:
         command = _commands_text(lines, files, recipewrapper, message)
+    else:
+        raise ParameterError(f"step {message.pointer}: names neither a wrapper nor commands")
     spec = dataclasses.replace(spec, command=command)
     return PreparedJob(spec, paths, render_script(profile, spec, paths), files)

@@ -50,6 +50,7 @@ class Submitter:
             recipe_id=message.recipe_id,
             pointer=message.pointer,
             profile=self.profile.name,
+            profile_source=self.profile.source,
             scheduler=self.cluster.scheduler_name,
             job_name=job.spec.name,
             workdir=job.spec.workdir,
