@@ -56,12 +56,20 @@ def make_profile(tmp_path: Path) -> Any:
 def zbatch() -> Iterator[ZbatchRun]:
     """Run the real `zbatch` command in a subprocess, as a user would."""
 
-    def run(*args: str, timeout: float = 120, input_text: str | None = None,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: str,
+        timeout: float = 120,
+        input_text: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "zbatch", *args],
-            capture_output=True, text=True, timeout=timeout, input=input_text,
-            env={**os.environ, **(env or {})}, check=False,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input_text,
+            env={**os.environ, **(env or {})},
+            check=False,
         )
 
     yield run
@@ -69,3 +77,29 @@ def zbatch() -> Iterator[ZbatchRun]:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--update-golden", action="store_true", help="Rewrite tests/golden files.")
+
+
+SERVICE_MARKERS = {
+    "slurm": "slurm",
+    "sge": "sge",
+    "drmaa": "sge",
+    "ssh": "sshd",
+    "rabbitmq": "rabbitmq",
+}
+SERVICES_STATUS = Path(__file__).resolve().parents[1] / "scripts" / "services" / "status"
+_service_up: dict[str, bool] = {}
+
+
+def service_is_up(service: str) -> bool:
+    if service not in _service_up:
+        probe = subprocess.run([str(SERVICES_STATUS), service], capture_output=True, check=False)
+        _service_up[service] = probe.returncode == 0
+    return _service_up[service]
+
+
+@pytest.fixture(autouse=True)
+def required_services(request: pytest.FixtureRequest) -> None:
+    """A service test whose service is down FAILS: CI must never skip real-service tests."""
+    for marker, service in SERVICE_MARKERS.items():
+        if request.node.get_closest_marker(marker) and not service_is_up(service):
+            pytest.fail(f"{service} is not running: start it with scripts/services/up {service}")

@@ -9,8 +9,13 @@ from typing import Any, Protocol
 
 
 class ZbatchRun(Protocol):
-    def __call__(self, *args: str, timeout: float = ..., input_text: str | None = ...,
-                 env: dict[str, str] | None = ...) -> subprocess.CompletedProcess[str]: ...
+    def __call__(
+        self,
+        *args: str,
+        timeout: float = ...,
+        input_text: str | None = ...,
+        env: dict[str, str] | None = ...,
+    ) -> subprocess.CompletedProcess[str]: ...
 
 
 def write_recipe(path: Path, recipe: dict[str, Any]) -> Path:

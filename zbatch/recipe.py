@@ -86,7 +86,9 @@ class Recipe:
                 node = {**node, "output": [node["output"]]}
             nodes[int(key)] = node
         keys = list(data)
-        error_first = "error" in data and "start" in data and keys.index("error") < keys.index("start")
+        error_first = (
+            "error" in data and "start" in data and keys.index("error") < keys.index("start")
+        )
         recipe = cls(
             nodes,
             _parse_start(data.get("start"), source),

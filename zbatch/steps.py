@@ -120,7 +120,9 @@ class StepReader:
         path = safety.check_path(given, f"{self.where}: parameters.workingdir")
         limit = self.profile.workdir_root
         return safety.check_within(
-            path, os.path.expanduser(limit) if limit else None, f"{self.where}: parameters.workingdir"
+            path,
+            os.path.expanduser(limit) if limit else None,
+            f"{self.where}: parameters.workingdir",
         )
 
     def environment(self) -> dict[str, str]:

@@ -24,9 +24,17 @@ def queue_bodies(root: Path, queue: str) -> list[Any]:
     return [json.loads(r[0]) for r in rows]
 
 
-def test_hello_example_chains_two_steps(make_profile: Any, work_root: Path, zbatch: ZbatchRun) -> None:
-    result = zbatch("run", str(EXAMPLES / "hello.json"), "--profile", str(make_profile()),
-                    "--param", "who=the test-suite")
+def test_hello_example_chains_two_steps(
+    make_profile: Any, work_root: Path, zbatch: ZbatchRun
+) -> None:
+    result = zbatch(
+        "run",
+        str(EXAMPLES / "hello.json"),
+        "--profile",
+        str(make_profile()),
+        "--param",
+        "who=the test-suite",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 step(s) succeeded, 0 failed" in result.stdout
     assert "step 1 succeeded" in result.stdout and "step 2 succeeded" in result.stdout
@@ -35,16 +43,18 @@ def test_hello_example_chains_two_steps(make_profile: Any, work_root: Path, zbat
     assert step2["summary"]["stdout"] == "step 2 received: Hello from the test-suite\n"
 
 
-def test_failure_follows_the_failure_output(tmp_path: Path, make_profile: Any, work_root: Path,
-                                            zbatch: ZbatchRun) -> None:
+def test_failure_follows_the_failure_output(
+    tmp_path: Path, make_profile: Any, work_root: Path, zbatch: ZbatchRun
+) -> None:
     recipe = {
         "1": wrapper_step(["sh", "-c", "exit 3"], output={"success": 2, "failure": 3}),
         "2": {"queue": "never"},
         "3": {"queue": "failures"},
         "start": [[1, {}]],
     }
-    result = zbatch("run", str(write_recipe(tmp_path / "r.json", recipe)), "--profile",
-                    str(make_profile()))
+    result = zbatch(
+        "run", str(write_recipe(tmp_path / "r.json", recipe)), "--profile", str(make_profile())
+    )
     assert result.returncode == 1
     assert "step 1 failed (exit code 1)" in result.stdout
     assert "0 step(s) succeeded, 1 failed" in result.stdout
@@ -54,27 +64,34 @@ def test_failure_follows_the_failure_output(tmp_path: Path, make_profile: Any, w
     assert queue_bodies(work_root, "never") == []
 
 
-def test_hostile_argument_reaches_the_tool_literally(tmp_path: Path, make_profile: Any,
-                                                     work_root: Path, zbatch: ZbatchRun) -> None:
+def test_hostile_argument_reaches_the_tool_literally(
+    tmp_path: Path, make_profile: Any, work_root: Path, zbatch: ZbatchRun
+) -> None:
     canary = tmp_path / "canary"
     hostile = f"$(touch {canary}); `touch {canary}` && touch {canary}\nrm -rf /"
-    recipe = {"1": wrapper_step(["printf", "%s", "{payload[text]}"]), "start": [[1, {"text": hostile}]]}
-    result = zbatch("run", str(write_recipe(tmp_path / "r.json", recipe)), "--profile",
-                    str(make_profile()))
+    recipe = {
+        "1": wrapper_step(["printf", "%s", "{payload[text]}"]),
+        "start": [[1, {"text": hostile}]],
+    }
+    result = zbatch(
+        "run", str(write_recipe(tmp_path / "r.json", recipe)), "--profile", str(make_profile())
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     (record,) = result_records(work_root)
     assert record["summary"]["stdout"] == hostile
     assert not canary.exists()
 
 
-def test_time_limit_is_enforced(tmp_path: Path, make_profile: Any, work_root: Path,
-                                zbatch: ZbatchRun) -> None:
+def test_time_limit_is_enforced(
+    tmp_path: Path, make_profile: Any, work_root: Path, zbatch: ZbatchRun
+) -> None:
     step = wrapper_step(["sleep", "60"], output={"failure": 2})
     step["parameters"]["cluster"]["time_limit"] = 2
     recipe = {"1": step, "2": {"queue": "failures"}, "start": [[1, {}]]}
     started = time.monotonic()
-    result = zbatch("run", str(write_recipe(tmp_path / "r.json", recipe)), "--profile",
-                    str(make_profile()))
+    result = zbatch(
+        "run", str(write_recipe(tmp_path / "r.json", recipe)), "--profile", str(make_profile())
+    )
     assert time.monotonic() - started < 30
     assert result.returncode == 1
     assert "step 1 timeout" in result.stdout
@@ -82,12 +99,18 @@ def test_time_limit_is_enforced(tmp_path: Path, make_profile: Any, work_root: Pa
     assert failure["payload"] == "stopped by SIGTERM"
 
 
-def test_slots_limit_concurrency(tmp_path: Path, make_profile: Any, work_root: Path,
-                                 zbatch: ZbatchRun) -> None:
-    recipe = {"1": wrapper_step(["sleep", "1"]), "2": wrapper_step(["sleep", "1"]),
-              "start": [[1, {}], [2, {}]]}
+def test_slots_limit_concurrency(
+    tmp_path: Path, make_profile: Any, work_root: Path, zbatch: ZbatchRun
+) -> None:
+    recipe = {
+        "1": wrapper_step(["sleep", "1"]),
+        "2": wrapper_step(["sleep", "1"]),
+        "start": [[1, {}], [2, {}]],
+    }
     profile = make_profile(local={"slots": 1, "state_dir": str(tmp_path / "lb")})
-    result = zbatch("run", str(write_recipe(tmp_path / "r.json", recipe)), "--profile", str(profile))
+    result = zbatch(
+        "run", str(write_recipe(tmp_path / "r.json", recipe)), "--profile", str(profile)
+    )
     assert result.returncode == 0, result.stdout
     first, second = sorted(result_records(work_root), key=lambda r: r["started"])
     assert second["started"] >= first["ended"]
@@ -95,8 +118,9 @@ def test_slots_limit_concurrency(tmp_path: Path, make_profile: Any, work_root: P
 
 def test_submit_status_cancel(tmp_path: Path, make_profile: Any, zbatch: ZbatchRun) -> None:
     profile = str(make_profile())
-    recipe = write_recipe(tmp_path / "r.json", {"1": wrapper_step(["sleep", "120"]),
-                                                "start": [[1, {}]]})
+    recipe = write_recipe(
+        tmp_path / "r.json", {"1": wrapper_step(["sleep", "120"]), "start": [[1, {}]]}
+    )
     submitted = zbatch("submit", str(recipe), "--profile", profile, "--json")
     assert submitted.returncode == 0, submitted.stderr
     (entry,) = json.loads(submitted.stdout)

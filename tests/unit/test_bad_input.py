@@ -54,9 +54,16 @@ STEP_CASES: list[tuple[str, Mutation, str]] = [
     ("qos backtick", cluster(qos="`id`"), "parameters.cluster.qos"),
     ("cpus not a number", cluster(cpus_per_task="four"), "must be a whole number"),
     ("unmapped legacy queue", params(cluster_queue="bogus"), "cluster_queue 'bogus' is not mapped"),
-    ("raw qsub args refused", params(cluster_submission_parameters="-V -l h_rt=1:00:00"),
-     "option '-V' has no zbatch equivalent"),
-    ("raw qsub args unbalanced", params(cluster_submission_parameters="-N 'x"), "No closing quotation"),
+    (
+        "raw qsub args refused",
+        params(cluster_submission_parameters="-V -l h_rt=1:00:00"),
+        "option '-V' has no zbatch equivalent",
+    ),
+    (
+        "raw qsub args unbalanced",
+        params(cluster_submission_parameters="-N 'x"),
+        "No closing quotation",
+    ),
     ("exclusive not bool", cluster(exclusive="maybe"), "must be true or false"),
 ]
 
@@ -75,10 +82,13 @@ def no_canary() -> Any:
 
 
 @pytest.mark.parametrize(("case", "mutate", "words"), STEP_CASES, ids=[c[0] for c in STEP_CASES])
-def test_bad_step_is_refused_by_render(case: str, mutate: Mutation, words: str, tmp_path: Path,
-                                       make_profile: Any, zbatch: ZbatchRun) -> None:
-    profile = make_profile(limits={"max_cpus": 4, "max_memory_mb": "8G",
-                                   "max_time_limit_s": "24:00:00"}, allow_commands=False)
+def test_bad_step_is_refused_by_render(
+    case: str, mutate: Mutation, words: str, tmp_path: Path, make_profile: Any, zbatch: ZbatchRun
+) -> None:
+    profile = make_profile(
+        limits={"max_cpus": 4, "max_memory_mb": "8G", "max_time_limit_s": "24:00:00"},
+        allow_commands=False,
+    )
     recipe = valid_recipe(tmp_path / "work")
     mutate(recipe["1"])
     path = write_recipe(tmp_path / "recipe.json", recipe)
@@ -95,19 +105,24 @@ def test_the_valid_recipe_renders(tmp_path: Path, make_profile: Any, zbatch: Zba
     assert result.stdout.startswith("#!/bin/bash")
 
 
-def test_commands_refused_when_profile_only_runs_wrappers(tmp_path: Path, make_profile: Any,
-                                                          zbatch: ZbatchRun) -> None:
+def test_commands_refused_when_profile_only_runs_wrappers(
+    tmp_path: Path, make_profile: Any, zbatch: ZbatchRun
+) -> None:
     recipe = valid_recipe(tmp_path / "work")
     del recipe["1"]["parameters"]["wrapper"]
     recipe["1"]["parameters"]["cluster"]["commands"] = [f"touch {CANARY}"]
     path = write_recipe(tmp_path / "recipe.json", recipe)
-    line = one_line_error(zbatch("render", "--profile", str(make_profile(allow_commands=False)),
-                                 "--recipe", str(path)))
+    line = one_line_error(
+        zbatch(
+            "render", "--profile", str(make_profile(allow_commands=False)), "--recipe", str(path)
+        )
+    )
     assert "only runs named wrappers" in line
 
 
-def test_wrapper_and_commands_together_are_ambiguous(tmp_path: Path, make_profile: Any,
-                                                     zbatch: ZbatchRun) -> None:
+def test_wrapper_and_commands_together_are_ambiguous(
+    tmp_path: Path, make_profile: Any, zbatch: ZbatchRun
+) -> None:
     recipe = valid_recipe(tmp_path / "work")
     recipe["1"]["parameters"]["cluster"]["commands"] = ["echo hi"]
     path = write_recipe(tmp_path / "recipe.json", recipe)
@@ -117,8 +132,11 @@ def test_wrapper_and_commands_together_are_ambiguous(tmp_path: Path, make_profil
 
 FILE_CASES: list[tuple[str, bytes, str]] = [
     ("invalid JSON", b'{"1": {', "not valid JSON"),
-    ("missing node", json.dumps({"1": {"output": 5}, "start": [[1, []]]}).encode(),
-     "refers to node 5, which is missing"),
+    (
+        "missing node",
+        json.dumps({"1": {"output": 5}, "start": [[1, []]]}).encode(),
+        "refers to node 5, which is missing",
+    ),
     ("non-UTF-8", b'{"1": {"queue": "\xff\xfe"}, "start": [[1, []]]}', "not valid JSON"),
     ("not an object", b"[1, 2]", "non-empty JSON object"),
 ]
@@ -126,8 +144,15 @@ FILE_CASES: list[tuple[str, bytes, str]] = [
 
 @pytest.mark.parametrize(("case", "data", "words"), FILE_CASES, ids=[c[0] for c in FILE_CASES])
 @pytest.mark.parametrize("command", ["run", "render"])
-def test_bad_recipe_files(case: str, data: bytes, words: str, command: str, tmp_path: Path,
-                          make_profile: Any, zbatch: ZbatchRun) -> None:
+def test_bad_recipe_files(
+    case: str,
+    data: bytes,
+    words: str,
+    command: str,
+    tmp_path: Path,
+    make_profile: Any,
+    zbatch: ZbatchRun,
+) -> None:
     path = tmp_path / "recipe.json"
     path.write_bytes(data)
     args = ["run", str(path)] if command == "run" else ["render", "--recipe", str(path)]
@@ -136,17 +161,23 @@ def test_bad_recipe_files(case: str, data: bytes, words: str, command: str, tmp_
 
 
 def test_missing_recipe_file(make_profile: Any, zbatch: ZbatchRun) -> None:
-    line = one_line_error(zbatch("run", "/nonexistent/recipe.json", "--profile", str(make_profile())))
+    line = one_line_error(
+        zbatch("run", "/nonexistent/recipe.json", "--profile", str(make_profile()))
+    )
     assert "cannot read recipe" in line
 
 
-@pytest.mark.parametrize(("change", "words"), [
-    ({"defaults": {"cpus": "many"}}, "defaults.cpus"),
-    ({"colour": "blue"}, "colour: unknown key"),
-    ({"scheduler": "lsf"}, "scheduler"),
-])
-def test_broken_profile_file(change: dict[str, Any], words: str, tmp_path: Path,
-                             make_profile: Any, zbatch: ZbatchRun) -> None:
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"defaults": {"cpus": "many"}}, "defaults.cpus"),
+        ({"colour": "blue"}, "colour: unknown key"),
+        ({"scheduler": "lsf"}, "scheduler"),
+    ],
+)
+def test_broken_profile_file(
+    change: dict[str, Any], words: str, tmp_path: Path, make_profile: Any, zbatch: ZbatchRun
+) -> None:
     profile = make_profile(**change)
     path = write_recipe(tmp_path / "recipe.json", valid_recipe(tmp_path / "work"))
     line = one_line_error(zbatch("render", "--profile", str(profile), "--recipe", str(path)))
@@ -156,25 +187,31 @@ def test_broken_profile_file(change: dict[str, Any], words: str, tmp_path: Path,
 def test_unknown_profile_name(tmp_path: Path, zbatch: ZbatchRun) -> None:
     path = write_recipe(tmp_path / "recipe.json", valid_recipe(tmp_path / "work"))
     assert "unknown profile 'atlantis'" in one_line_error(
-        zbatch("render", "--profile", "atlantis", "--recipe", str(path)))
+        zbatch("render", "--profile", "atlantis", "--recipe", str(path))
+    )
 
 
 def test_param_without_equals(tmp_path: Path, make_profile: Any, zbatch: ZbatchRun) -> None:
     path = write_recipe(tmp_path / "recipe.json", valid_recipe(tmp_path / "work"))
-    line = one_line_error(zbatch("render", "--profile", str(make_profile()), "--recipe", str(path),
-                                 "--param", "novalue"))
+    line = one_line_error(
+        zbatch(
+            "render", "--profile", str(make_profile()), "--recipe", str(path), "--param", "novalue"
+        )
+    )
     assert "KEY=VALUE" in line
 
 
 def test_missing_step(tmp_path: Path, make_profile: Any, zbatch: ZbatchRun) -> None:
     path = write_recipe(tmp_path / "recipe.json", valid_recipe(tmp_path / "work"))
-    line = one_line_error(zbatch("render", "--profile", str(make_profile()), "--recipe", str(path),
-                                 "--step", "99"))
+    line = one_line_error(
+        zbatch("render", "--profile", str(make_profile()), "--recipe", str(path), "--step", "99")
+    )
     assert "no node 99" in line
 
 
-def test_hostile_step_in_run_is_dead_lettered_not_run(tmp_path: Path, make_profile: Any,
-                                                      zbatch: ZbatchRun) -> None:
+def test_hostile_step_in_run_is_dead_lettered_not_run(
+    tmp_path: Path, make_profile: Any, zbatch: ZbatchRun
+) -> None:
     recipe = valid_recipe(tmp_path / "work")
     bad = copy.deepcopy(recipe["1"])
     bad["parameters"]["workingdir"] = f"/tmp/{TOUCH}"

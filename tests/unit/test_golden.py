@@ -23,10 +23,15 @@ from zbatch.submission import JobContext, prepare_job
 HERE = Path(__file__).resolve().parents[1]
 GOLDEN = HERE / "golden"
 RECIPES = HERE / "data" / "recipes"
-CONTEXT = JobContext(["--transport", "embedded", "--embedded-db", "/var/lib/zbatch/queue.sqlite"],
-                     ["zbatch"])
-PARAMS: dict[str, Any] = {"ispyb_working_directory": "/dls/mx/data/mx1234-5/dc1",
-                          "zocalo_env": "live", "ispyb_dcid": 1234, "visit": "mx1234-5"}
+CONTEXT = JobContext(
+    ["--transport", "embedded", "--embedded-db", "/var/lib/zbatch/queue.sqlite"], ["zbatch"]
+)
+PARAMS: dict[str, Any] = {
+    "ispyb_working_directory": "/dls/mx/data/mx1234-5/dc1",
+    "zocalo_env": "live",
+    "ispyb_dcid": 1234,
+    "visit": "mx1234-5",
+}
 CASES = [
     ("slurm-local", "dlstbx-slurm"),
     ("sge-local", "legacy-sge"),
@@ -46,20 +51,27 @@ def render(profile_name: str, recipe_name: str) -> str:
 
 
 @pytest.mark.parametrize(("profile", "recipe"), CASES, ids=[f"{p}-{r}" for p, r in CASES])
-def test_rendered_script_matches_golden(profile: str, recipe: str, request: pytest.FixtureRequest) -> None:
+def test_rendered_script_matches_golden(
+    profile: str, recipe: str, request: pytest.FixtureRequest
+) -> None:
     script = render(profile, recipe)
     golden = GOLDEN / f"{profile}__{recipe}.sh"
     if request.config.getoption("--update-golden"):
         golden.write_text(script)
     assert golden.exists(), f"missing {golden}: run pytest --update-golden and review the diff"
     expected = golden.read_text()
-    diff = "\n".join(difflib.unified_diff(expected.splitlines(), script.splitlines(),
-                                          "golden", "rendered", lineterm=""))
+    diff = "\n".join(
+        difflib.unified_diff(
+            expected.splitlines(), script.splitlines(), "golden", "rendered", lineterm=""
+        )
+    )
     assert script == expected, f"rendered script differs from {golden.name}:\n{diff}"
 
 
 @pytest.mark.parametrize(("profile", "recipe"), CASES, ids=[f"{p}-{r}" for p, r in CASES])
-def test_rendered_script_passes_bash_and_shellcheck(profile: str, recipe: str, tmp_path: Path) -> None:
+def test_rendered_script_passes_bash_and_shellcheck(
+    profile: str, recipe: str, tmp_path: Path
+) -> None:
     path = tmp_path / "job.sh"
     path.write_text(render(profile, recipe))
     syntax = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True, check=False)
@@ -68,8 +80,12 @@ def test_rendered_script_passes_bash_and_shellcheck(profile: str, recipe: str, t
     assert shellcheck, "shellcheck is not installed: scripts/test installs Debian's shellcheck"
     # SC2016: single-quoted `$` is the point (message values stay literal);
     # SC1091: site set-up files such as /etc/profile.d/modules.sh do not exist on this machine.
-    lint = subprocess.run([shellcheck, "-s", "bash", "-e", "SC2016,SC1091", str(path)],
-                          capture_output=True, text=True, check=False)
+    lint = subprocess.run(
+        [shellcheck, "-s", "bash", "-e", "SC2016,SC1091", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert lint.returncode == 0, lint.stdout
 
 

@@ -38,13 +38,18 @@ def test_units_are_parsed() -> None:
 BROKEN = [
     ("name: x\nscheduler: pbs\n", "scheduler: Input should be 'local', 'slurm' or 'sge'"),
     ("name: x\nscheduler: slurm\nfoo: 1\n", "foo: unknown key; allowed here: name, description"),
-    ("name: x\nscheduler: slurm\nconnection: {type: ssh, prot: 22}\n",
-     "connection.prot: unknown key; allowed here: type, host, port"),
-    ("name: x\nscheduler: slurm\ndefaults: {cpus: many}\n", "defaults.cpus: Input should be a valid integer"),
+    (
+        "name: x\nscheduler: slurm\nconnection: {type: ssh, prot: 22}\n",
+        "connection.prot: unknown key; allowed here: type, host, port",
+    ),
+    (
+        "name: x\nscheduler: slurm\ndefaults: {cpus: many}\n",
+        "defaults.cpus: Input should be a valid integer",
+    ),
     ("name: x\nscheduler: slurm\ndefaults: {time_limit_s: soon}\n", "is not a duration"),
     ("name: x\nscheduler: slurm\nworkdir_root: relative/dir\n", "must be an absolute path"),
     ("name: 'bad name'\nscheduler: slurm\n", "name: String should match pattern"),
-    ("name: x\nscheduler: slurm\nsetup: [\"a\\nb\"]\n", "spans several lines"),
+    ('name: x\nscheduler: slurm\nsetup: ["a\\nb"]\n', "spans several lines"),
     ("- just\n- a list\n", "must be a YAML mapping"),
     ("name: x\n  scheduler: [\n", "not valid YAML"),
 ]
@@ -61,5 +66,5 @@ def test_broken_profiles_name_file_and_key(tmp_path: Path, text: str, message: s
 
 
 def test_unknown_profile_lists_known_ones() -> None:
-    with pytest.raises(ProfileError, match="known profiles: .*slurm-local"):
+    with pytest.raises(ProfileError, match=r"known profiles: .*slurm-local"):
         load_profile("nonexistent")

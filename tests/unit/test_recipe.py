@@ -12,8 +12,11 @@ from zbatch.errors import RecipeError
 from zbatch.recipe import Recipe
 
 GOOD: dict[str, Any] = {
-    "1": {"queue": "cluster.submission", "parameters": {"workingdir": "/data/{visit}"},
-          "output": {"success": [2], "failure": 3}},
+    "1": {
+        "queue": "cluster.submission",
+        "parameters": {"workingdir": "/data/{visit}"},
+        "output": {"success": [2], "failure": 3},
+    },
     "2": {"queue": "ispyb", "parameters": {"dc": "{ispyb_dc_info[dcid]}"}, "output": 3},
     "3": {"queue": "notify"},
     "start": [[1, []]],
@@ -47,7 +50,11 @@ BAD: list[tuple[str, Any, str]] = [
     ("non-numeric key", {"foo": {}, "start": [[1, []]]}, "node key 'foo'"),
     ("node zero", {"0": {}, "start": [[1, []]]}, "node 0"),
     ("node not object", {"1": [], "start": [[1, []]]}, "node 1 must be an object"),
-    ("missing output", {"1": {"output": 2}, "start": [[1, []]]}, "node 1 field 'output' refers to node 2"),
+    (
+        "missing output",
+        {"1": {"output": 2}, "start": [[1, []]]},
+        "node 1 field 'output' refers to node 2",
+    ),
     ("string link", {"1": {"output": ["2"]}, "2": {}, "start": [[1, []]]}, "invalid link"),
     ("self loop", {"1": {"output": 1}, "start": [[1, []]]}, "cycle"),
     ("cycle", {"1": {"output": 2}, "2": {"output": {"x": 1}}, "start": [[1, []]]}, "cycle"),
@@ -68,10 +75,11 @@ def test_invalid_recipes_name_the_problem(name: str, data: Any, message: str) ->
 ALSO_BAD_FOR_WORKFLOWS = [b for b in BAD[1:] if b[0] != "node not object"]
 
 
-@pytest.mark.parametrize(("name", "data", "message"), ALSO_BAD_FOR_WORKFLOWS,
-                         ids=[b[0] for b in ALSO_BAD_FOR_WORKFLOWS])
+@pytest.mark.parametrize(
+    ("name", "data", "message"), ALSO_BAD_FOR_WORKFLOWS, ids=[b[0] for b in ALSO_BAD_FOR_WORKFLOWS]
+)
 def test_workflows_also_rejects_them(name: str, data: Any, message: str) -> None:
-    with pytest.raises(Exception):  # noqa: B017,PT011 - workflows raises several types
+    with pytest.raises(Exception):  # noqa: B017 - workflows raises several types
         WorkflowsRecipe(json.dumps(data)).validate()
 
 
@@ -83,8 +91,10 @@ def test_invalid_json_is_reported() -> None:
 SUBSTITUTION_CASES: list[tuple[Any, dict[str, Any]]] = [
     ({"a": "{x}", "b": ["{y}-{x}", 5], "{x}": "key"}, {"x": "1", "y": 2}),
     ({"a": "{unknown} stays", "b": "{d[k]} and {unknown[k]}"}, {"d": {"k": "v"}}),
-    ({"a": "{$REPLACE:obj}", "b": "{$REPLACE:nothing}", "c": "{$REPLACE:obj[deep]}"},
-     {"obj": {"deep": [1, 2]}}),
+    (
+        {"a": "{$REPLACE:obj}", "b": "{$REPLACE:nothing}", "c": "{$REPLACE:obj[deep]}"},
+        {"obj": {"deep": [1, 2]}},
+    ),
 ]
 
 
