@@ -27,7 +27,7 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture()
 def work_root(tmp_path: Path) -> Path:
     root = tmp_path / "work"
-    root.mkdir()
+    root.mkdir(exist_ok=True)
     return root
 
 

@@ -65,9 +65,10 @@ def main(verbose: int) -> None:
 
 def register() -> None:
     from zbatch.cli_jobs import cancel, render, run, status, submit
+    from zbatch.cli_service import dispatcher
     from zbatch.cli_wrap import wrap, wrappers
 
-    for command in (run, render, submit, status, cancel, wrap, wrappers):
+    for command in (run, render, submit, status, cancel, wrap, wrappers, dispatcher):
         main.add_command(command)
 
 

@@ -39,6 +39,10 @@ class Cluster(ABC):
     @abstractmethod
     def cancel(self, job_ids: Sequence[str]) -> None: ...
 
+    def find(self, marker: str) -> str | None:
+        """The id of a job submitted with `marker`, for recovery after a crash mid-submit."""
+        return None
+
     @abstractmethod
     def read_text(self, path: PurePosixPath) -> str | None: ...
 
@@ -87,6 +91,15 @@ class CommandCluster(Cluster):
         return (
             self.scheduler.parse_detail(result.stdout, job_id) if result.returncode == 0 else None
         )
+
+    def find(self, marker: str) -> str | None:
+        argv = self.scheduler.find_argv()
+        if argv is None:
+            return None
+        result = self.connection.run(argv)
+        if result.returncode != 0:
+            raise SchedulerError(f"job lookup failed: {result.describe()}", transient=True)
+        return self.scheduler.parse_find(result.stdout, marker)
 
     def cancel(self, job_ids: Sequence[str]) -> None:
         result = self.connection.run(self.scheduler.cancel_argv(job_ids))

@@ -49,6 +49,12 @@ class ConnectionFailure(ZbatchError):
     transient = True
 
 
+class ClaimBusy(ZbatchError):
+    """Another dispatcher may be submitting this very step right now: try again later."""
+
+    transient = True
+
+
 class TransportError(ZbatchError):
     """The message broker (or the embedded queue) failed."""
 

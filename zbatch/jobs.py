@@ -51,6 +51,9 @@ class JobSpec:
     array: str | None = None
     environment: dict[str, str] = field(default_factory=dict)
     extra_directives: list[str] = field(default_factory=list)
+    # The step's ledger key, written into the job's scheduler record (Slurm comment, SGE context)
+    # so a submission whose job id was never recorded (a crash mid-submit) can be found again.
+    marker: str = ""
 
 
 @dataclass(frozen=True)

@@ -118,6 +118,15 @@ class Ledger:
             (*fields.values(), key),
         )
 
+    def take_over(self, key: str, entry: LedgerEntry, claimant: str) -> bool:
+        """Claim an abandoned `submitting` entry; False if someone else changed it first."""
+        cursor = self.db.execute(
+            "UPDATE jobs SET claimed_by = ?, updated_at = ? "
+            "WHERE key = ? AND state = ? AND claimed_by = ? AND updated_at = ?",
+            (claimant, time.time(), key, SUBMITTING, entry.claimed_by, entry.updated_at),
+        )
+        return cursor.rowcount == 1
+
     def release(self, key: str) -> None:
         """Forget a claim whose submission certainly failed, so a retry may submit again."""
         self.db.execute("DELETE FROM jobs WHERE key = ? AND state = ?", (key, SUBMITTING))

@@ -74,8 +74,15 @@ def submit(state_dir: Path, slots: int, script: Path) -> str:
     if not script.is_file():
         raise SystemExit(f"localbatch: script {script} does not exist")
     job_id = next_id(state_dir)
-    write_state(state_dir, job_id, state="PENDING", script=str(script), submitted=time.time())
     directives = read_directives(script)
+    write_state(
+        state_dir,
+        job_id,
+        state="PENDING",
+        script=str(script),
+        submitted=time.time(),
+        marker=directives.get("marker", ""),
+    )
     out = directives.get("output", os.devnull)
     err = directives.get("error", os.devnull)
     with open(out, "ab") as stdout, open(err, "ab") as stderr:
@@ -195,6 +202,16 @@ def status(state_dir: Path, job_ids: list[str]) -> list[str]:
     return lines
 
 
+def find(state_dir: Path) -> list[str]:
+    """`id|marker` for every job that carries a marker."""
+    lines = []
+    for path in sorted((state_dir / "jobs").glob("*.json")):
+        data = read_state(state_dir, path.stem)
+        if data and data.get("marker"):
+            lines.append(f"{path.stem}|{data['marker']}")
+    return lines
+
+
 def cancel(state_dir: Path, job_ids: list[str]) -> int:
     failures = 0
     for job_id in job_ids:
@@ -210,7 +227,7 @@ def cancel(state_dir: Path, job_ids: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="localbatch")
-    parser.add_argument("action", choices=["submit", "run", "status", "cancel"])
+    parser.add_argument("action", choices=["submit", "run", "status", "cancel", "find"])
     parser.add_argument("--state-dir", required=True, type=Path)
     parser.add_argument("--slots", type=int, default=2)
     parser.add_argument("args", nargs="*")
@@ -223,8 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     if opts.action == "run":
         write_state(state_dir, opts.args[0], runner=os.getpid())
         return _Runner(state_dir, opts.slots, opts.args[0]).run()
-    if opts.action == "status":
-        print("\n".join(status(state_dir, opts.args)))
+    if opts.action in ("status", "find"):
+        lines = status(state_dir, opts.args) if opts.action == "status" else find(state_dir)
+        print("\n".join(lines))
         return 0
     return cancel(state_dir, opts.args)
 

@@ -13,6 +13,7 @@ from zbatch import safety
 from zbatch.envelope import StepMessage
 from zbatch.errors import ParameterError, RecipeError, WrapperError
 from zbatch.jobs import JobPaths
+from zbatch.ledger import step_key
 from zbatch.profiles import Profile
 from zbatch.render import render_script
 from zbatch.steps import PreparedJob, envelope_files, is_wrapper_step, read_step, step_commands
@@ -92,5 +93,5 @@ def prepare_job(message: StepMessage, profile: Profile, context: JobContext) -> 
         command = _commands_text(lines, files, recipewrapper, message)
     else:
         raise ParameterError(f"step {message.pointer}: names neither a wrapper nor commands")
-    spec = dataclasses.replace(spec, command=command)
+    spec = dataclasses.replace(spec, command=command, marker=step_key(message))
     return PreparedJob(spec, paths, render_script(profile, spec, paths), files)

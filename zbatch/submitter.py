@@ -12,13 +12,16 @@ from pathlib import PurePosixPath
 
 from zbatch.cluster import Cluster
 from zbatch.envelope import StepMessage
-from zbatch.errors import ZbatchError
+from zbatch.errors import ClaimBusy, ZbatchError
 from zbatch.jobs import JobState, result_record_path
 from zbatch.ledger import Ledger, LedgerEntry, step_key
 from zbatch.profiles import Profile
 from zbatch.submission import JobContext, prepare_job
 
 log = logging.getLogger(__name__)
+# A claim younger than this may belong to a submission still in flight (sbatch outlives a
+# killed dispatcher by a moment); only older ones are looked up and taken over.
+RECOVERY_GRACE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -59,13 +62,17 @@ class Submitter:
             claimed_by=worker_id(),
         )
         if existing is not None:
-            log.info(
-                "step %s/%d already submitted as job %s; not submitting again",
-                message.recipe_id,
-                message.pointer,
-                existing.job_id,
-            )
-            return Submitted(existing, False)
+            if existing.job_id is not None:
+                log.info(
+                    "step %s/%d already submitted as job %s; not submitting again",
+                    message.recipe_id,
+                    message.pointer,
+                    existing.job_id,
+                )
+                return Submitted(existing, False)
+            recovered = self._recover(existing)
+            if recovered is not None:
+                return recovered
         try:
             job_id = self.cluster.submit(job)
         except ZbatchError:
@@ -84,6 +91,40 @@ class Submitter:
         entry = self.ledger.get(key)
         assert entry is not None
         return Submitted(entry, True)
+
+    def _recover(self, entry: LedgerEntry) -> Submitted | None:
+        """A step claimed but never given a job id: its submitter died, or is still at it.
+
+        Returns the job if the scheduler has it (found by its marker); None when this
+        process has taken the claim over and should submit; raises (transient) while the
+        claim is too young to tell an interrupted submission from one in progress.
+        """
+        age = time.time() - entry.updated_at
+        if age < RECOVERY_GRACE_S:
+            raise ClaimBusy(
+                f"step {entry.recipe_id}/{entry.pointer} is being submitted by "
+                f"{entry.claimed_by}; try again later",
+                transient=True,
+            )
+        job_id = self.cluster.find(entry.key)
+        if job_id is not None:
+            log.warning(
+                "job %s: recovered the job id of step %s/%d from the scheduler",
+                job_id,
+                entry.recipe_id,
+                entry.pointer,
+            )
+            self.ledger.update(
+                entry.key, job_id=job_id, state=JobState.PENDING.value, submitted_at=time.time()
+            )
+            updated = self.ledger.get(entry.key)
+            return Submitted(updated or entry, False)
+        if not self.ledger.take_over(entry.key, entry, worker_id()):
+            raise ClaimBusy(
+                f"step {entry.recipe_id}/{entry.pointer} was taken over by another dispatcher",
+                transient=True,
+            )
+        return None
 
 
 def wrapper_reported(entry: LedgerEntry, cluster: Cluster) -> bool:

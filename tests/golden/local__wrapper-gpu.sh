@@ -3,6 +3,7 @@
 # zbatch-local: output=/dls/mx/data/mx1234-5/refine/zbatch-golden-0-1.out
 # zbatch-local: error=/dls/mx/data/mx1234-5/refine/zbatch-golden-0-1.err
 # zbatch-local: workdir=/dls/mx/data/mx1234-5/refine
+# zbatch-local: marker=ed62ad96e46372a8bf55d0569dfb8ed5
 # zbatch-local: time-limit=43200
 # Record how the job ended, whatever happens, so the outcome never depends on the scheduler.
 zbatch_exit_record=/dls/mx/data/mx1234-5/refine/zbatch-golden-0-1.exit

@@ -5,6 +5,7 @@
 #$ -e /dls/mx/data/fast_ep/zbatch-golden-0-1.err
 #$ -wd /dls/mx/data/fast_ep
 #$ -notify
+#$ -ac zbatch=ccae40b8f507b9c71cce23c86d32e405
 #$ -q all.q
 #$ -P mx
 #$ -pe smp 4

@@ -5,6 +5,7 @@
 #$ -e /dls/mx/data/mx1234-5/dc1/xia2-dials/zbatch-golden-0-1.err
 #$ -wd /dls/mx/data/mx1234-5/dc1/xia2-dials
 #$ -notify
+#$ -ac zbatch=ccae40b8f507b9c71cce23c86d32e405
 #$ -q debug
 #$ -pe smp 2
 #$ -l h_rt=6:00:00

@@ -3,6 +3,7 @@
 #SBATCH --output=/dls/mx/data/mx1234-5/dc1/xia2-dials/zbatch-golden-0-1.out
 #SBATCH --error=/dls/mx/data/mx1234-5/dc1/xia2-dials/zbatch-golden-0-1.err
 #SBATCH --chdir=/dls/mx/data/mx1234-5/dc1/xia2-dials
+#SBATCH --comment=zbatch:ccae40b8f507b9c71cce23c86d32e405
 #SBATCH --partition=debug
 #SBATCH --cpus-per-task=2
 #SBATCH --mem-per-cpu=1000M

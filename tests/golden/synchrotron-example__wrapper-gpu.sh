@@ -3,6 +3,7 @@
 #SBATCH --output=/dls/mx/data/mx1234-5/refine/zbatch-golden-0-1.out
 #SBATCH --error=/dls/mx/data/mx1234-5/refine/zbatch-golden-0-1.err
 #SBATCH --chdir=/dls/mx/data/mx1234-5/refine
+#SBATCH --comment=zbatch:ed62ad96e46372a8bf55d0569dfb8ed5
 #SBATCH --partition=cs05r
 #SBATCH --account=mx-processing
 #SBATCH --qos=normal

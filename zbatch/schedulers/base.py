@@ -60,6 +60,14 @@ class Scheduler(ABC):
     def cancel_argv(self, job_ids: Sequence[str]) -> list[str]:
         """Command that cancels all of `job_ids`."""
 
+    def find_argv(self) -> list[str] | None:
+        """Command listing jobs with their zbatch markers, to recover a lost job id."""
+        return None
+
+    def parse_find(self, stdout: str, marker: str) -> str | None:
+        """The id of the job carrying `marker` in `find_argv`'s output, if any."""
+        return None
+
     def status_error_is_empty(self, stderr: str) -> bool:
         """True when a failed status command only means "none of these jobs exist any more"."""
         return False

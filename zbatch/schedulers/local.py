@@ -80,5 +80,15 @@ class LocalScheduler(Scheduler):
             )
         return found
 
+    def find_argv(self) -> list[str] | None:
+        return self._base("find")
+
+    def parse_find(self, stdout: str, marker: str) -> str | None:
+        for line in stdout.splitlines():
+            job_id, _, found = line.strip().partition("|")
+            if found == marker and _ID.match(job_id):
+                return job_id
+        return None
+
     def cancel_argv(self, job_ids: Sequence[str]) -> list[str]:
         return [*self._base("cancel"), *self._checked(job_ids)]

@@ -1,0 +1,103 @@
+"""CLI commands for the long-running dispatcher service."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+import click
+
+from zbatch.cluster import cluster_for
+from zbatch.dispatcher import Dispatcher, DispatcherConfig
+from zbatch.ledger import Ledger
+from zbatch.metrics import DispatcherMetrics, StatusServer
+from zbatch.profiles import load_profile
+from zbatch.submission import JobContext
+from zbatch.transport.factory import TransportConfig, make_transport
+
+log = logging.getLogger(__name__)
+
+
+@click.command()
+@click.option(
+    "--profile",
+    "-p",
+    "profile_name",
+    required=True,
+    metavar="P",
+    help="Profile name or YAML file of the cluster to submit to.",
+)
+@click.option(
+    "--transport",
+    "kind",
+    type=click.Choice(["pika", "embedded"]),
+    default="pika",
+    show_default=True,
+    help="Where step messages come from.",
+)
+@click.option(
+    "--queue",
+    default="cluster.submission",
+    show_default=True,
+    help="Queue of step messages to consume.",
+)
+@click.option("--rabbit-conf", metavar="FILE", help="RabbitMQ settings ([rabbit] INI).")
+@click.option("--embedded-db", metavar="FILE", help="SQLite queue for --transport embedded.")
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=None,
+    help="Serve /metrics, /healthz and /readyz on this port (0 picks one).",
+)
+@click.option("--max-messages", type=int, default=None, hidden=True)
+def dispatcher(
+    profile_name: str,
+    kind: str,
+    queue: str,
+    rabbit_conf: str | None,
+    embedded_db: str | None,
+    metrics_port: int | None,
+    max_messages: int | None,
+) -> None:
+    """Consume step messages and submit them as jobs; SIGTERM stops it cleanly.
+
+    \b
+    Example:
+      zbatch dispatcher --profile slurm-local --transport pika --metrics-port 9101
+    """
+    profile = load_profile(profile_name)
+    config = TransportConfig(kind, embedded_db, rabbit_conf)
+    transport = make_transport(config)
+    cluster = cluster_for(profile)
+    metrics = DispatcherMetrics()
+    service = Dispatcher(
+        profile,
+        cluster,
+        Ledger(),
+        transport,
+        JobContext(config.job_args()),
+        DispatcherConfig(queue=queue),
+        metrics,
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %s: finishing the message in hand, then stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server = StatusServer(metrics, metrics_port) if metrics_port is not None else None
+    if server is not None:
+        server.start()
+        click.echo(f"status endpoints on http://127.0.0.1:{server.port}/", err=True)
+    try:
+        service.serve(stop, max_messages)
+    finally:
+        transport.disconnect()
+        cluster.close()
+        if server is not None:
+            server.stop()
+    click.echo(f"dispatcher stopped: {dict(service.outcomes)}", err=True)
