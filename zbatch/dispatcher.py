@@ -14,16 +14,17 @@ import threading
 import time
 from collections import Counter as Tally
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from tenacity import RetryError, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from zbatch.cluster import Cluster
 from zbatch.envelope import StepMessage, is_recipe_message
 from zbatch.errors import ClaimBusy, TransportError, ZbatchError
-from zbatch.jobs import JobState
+from zbatch.jobs import JobState, outbox_path
 from zbatch.ledger import Ledger, LedgerEntry
 from zbatch.metrics import DispatcherMetrics
+from zbatch.outbox import Outbox
 from zbatch.profiles import Profile
 from zbatch.submission import JobContext
 from zbatch.submitter import Submitted, Submitter, wrapper_reported
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 NOTIFIED_SUBMITTED = 1  # ledger `reported` bits
 NOTIFIED_OUTCOME = 2
+NOTIFIED_OUTBOX = 4
 
 
 @dataclass(frozen=True)
@@ -170,11 +172,30 @@ class Dispatcher:
         for state in JobState:
             self.metrics.jobs.labels(state.value).set(counts.get(state.value, 0))
 
+    def _flush_outbox(self, entry: LedgerEntry) -> bool:
+        """Send results a job could not send itself (broker down at its end); True if any."""
+        path = outbox_path(entry.message_path)
+        text = self.cluster.read_text(PurePosixPath(path))
+        if not text or entry.reported & NOTIFIED_OUTBOX:
+            return False
+        box = Outbox.from_text(Path(path), text, lambda: self.transport)
+        box.send_via(self.transport)
+        log.info(
+            "job %s: sent %d message(s) its wrapper had kept in %s", entry.job_id, box.sent, path
+        )
+        self.ledger.update(entry.key, reported=entry.reported | NOTIFIED_OUTBOX)
+        return True
+
     def _report_outcome(self, entry: LedgerEntry, settled: Settled) -> None:
+        try:
+            flushed = self._flush_outbox(entry)
+        except ZbatchError as exc:
+            log.warning("job %s: kept results not sent yet: %s", entry.job_id, exc)
+            return
         if settled.state is JobState.SUCCEEDED or entry.reported & NOTIFIED_OUTCOME:
             return
         try:
-            if wrapper_reported(entry, self.cluster):
+            if flushed or wrapper_reported(entry, self.cluster):
                 return
             text = self.cluster.read_text(PurePosixPath(entry.message_path))
             if text is None:

@@ -99,6 +99,11 @@ def result_record_path(recipewrapper: str) -> str:
     return recipewrapper + ".result.json"
 
 
+def outbox_path(recipewrapper: str) -> str:
+    """Where `zbatch wrap` keeps messages the transport has not taken yet."""
+    return result_record_path(recipewrapper)[: -len(".json")] + ".outbox.jsonl"
+
+
 @dataclass(frozen=True)
 class ExitRecord:
     """What the job script itself wrote when it ended: the truth about its outcome."""

@@ -47,8 +47,8 @@ class Outbox:
         self.sent = 0
 
     @classmethod
-    def load(cls, path: Path, make_transport: Callable[[], Transport]) -> Outbox:
-        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    def from_text(cls, path: Path, text: str, make_transport: Callable[[], Transport]) -> Outbox:
+        lines = [json.loads(line) for line in text.splitlines() if line.strip()]
         box = cls(path, StepMessage.from_body(lines[0]["message"], str(path)), make_transport)
         box.pending = [(entry["channel"], entry["payload"]) for entry in lines[1:]]
         return box
@@ -62,12 +62,12 @@ class Outbox:
         lines += [json.dumps({"channel": c, "payload": p}, default=str) for c, p in self.pending]
         atomic_write(self.path, "\n".join(lines) + "\n")
 
-    def flush(self) -> bool:
-        """Send everything pending; True when the outbox is empty afterwards."""
+    def flush(self, window_s: float | None = None) -> bool:
+        """Send everything pending, retrying for `window_s`; True when nothing is left."""
         try:
             for attempt in Retrying(
                 retry=retry_if_exception_type((TransportError, OSError)),
-                stop=stop_after_delay(retry_window_s()),
+                stop=stop_after_delay(retry_window_s() if window_s is None else window_s),
                 wait=wait_exponential(multiplier=0.5, max=30),
             ):
                 with attempt:
@@ -85,12 +85,17 @@ class Outbox:
         transport = self.make_transport()
         try:
             transport.connect()
-            while self.pending:
-                channel, payload = self.pending[0]
-                transport.send_onward(self.message, channel, payload)
-                self.pending.pop(0)
-                self.sent += 1
-                self._save()
+            self.send_via(transport, save=True)
         finally:
             transport.disconnect()
         self.path.unlink(missing_ok=True)
+
+    def send_via(self, transport: Transport, save: bool = False) -> None:
+        """Send what is pending in order; with `save`, keep the file in step after each."""
+        while self.pending:
+            channel, payload = self.pending[0]
+            transport.send_onward(self.message, channel, payload)
+            self.pending.pop(0)
+            self.sent += 1
+            if save:
+                self._save()

@@ -20,7 +20,7 @@ from typing import Any
 from zbatch.envelope import StepMessage
 from zbatch.errors import RecipeError, ZbatchError
 from zbatch.heartbeat import END, ERROR, PROCESSING, Heartbeat
-from zbatch.jobs import atomic_write, result_record_path
+from zbatch.jobs import atomic_write, outbox_path, result_record_path
 from zbatch.outbox import Outbox
 from zbatch.toolrun import run_tool
 from zbatch.transport.base import Transport
@@ -28,6 +28,7 @@ from zbatch.wrapper import Outcome, RunContext, Wrapper, load_wrapper
 
 log = logging.getLogger(__name__)
 
+STARTING_WINDOW_S = 10.0
 EXIT_FAILED = 1
 EXIT_CANCELLED = 143
 
@@ -61,7 +62,8 @@ class WrapRun:
     def execute(self, outbox: Outbox, heartbeat: Heartbeat) -> int:
         started = time.time()
         outbox.add("starting", "Starting processing")
-        outbox.flush()
+        # Don't hold the tool back for a broker outage: whatever is unsent goes at the end.
+        outbox.flush(window_s=STARTING_WINDOW_S)
         argv: list[str] = []
         exit_code = -1
         stopped_by = ""
@@ -148,7 +150,7 @@ def wrap(
     heartbeat = Heartbeat(make_transport, name)
     heartbeat.start()
     try:
-        outbox = Outbox(record_path.with_suffix(".outbox.jsonl"), message, make_transport)
+        outbox = Outbox(Path(outbox_path(str(recipewrapper))), message, make_transport)
         code = run.execute(outbox, heartbeat)
     finally:
         heartbeat.stop()
