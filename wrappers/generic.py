@@ -31,7 +31,7 @@ class GenericWrapper(Wrapper):
         if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
             raise WrapperError("job_parameters.result_files must be a list of glob patterns")
         files = [
-            ResultFile(str(path), path.name, "result")
+            ResultFile(str(path.parent), path.name, "result")
             for pattern in patterns
             for path in sorted(workdir.glob(pattern))
             if path.is_file()

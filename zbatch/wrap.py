@@ -8,6 +8,7 @@ outbox file beside the result record, so results survive a broker that is down.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -76,7 +77,9 @@ class WrapRun:
             exit_code, stopped_by = run.exit_code, run.stopped_by
             outcome = self.wrapper.collect(workdir, exit_code)
             if stopped_by:
-                outcome = Outcome(False, f"stopped by {stopped_by}", outcome.files, outcome.summary)
+                outcome = dataclasses.replace(
+                    outcome, success=False, reason=f"stopped by {stopped_by}"
+                )
             if outcome.success:
                 outcome.summary.setdefault("stdout", run.stdout_tail)
         except (ZbatchError, OSError) as exc:
@@ -120,12 +123,12 @@ def queue_outcome(outbox: Outbox, outcome: Outcome) -> None:
     for result in outcome.files:
         outbox.add("result-individual-file", result.to_json())
     if outcome.files:
-        outbox.add("result-all-files", {"filelist": [f.to_json() for f in outcome.files]})
+        outbox.add("result-all-files", {"filelist": [f.full_path for f in outcome.files]})
     if outcome.success:
         summary: dict[str, Any] = {
             "status": "Finished processing",
             **outcome.summary,
-            "files": [f.file_path for f in outcome.files],
+            "files": [f.full_path for f in outcome.files],
         }
         outbox.add("success", summary)
     else:

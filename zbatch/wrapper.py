@@ -21,12 +21,17 @@ MAX_ARGUMENT = 128 * 1024
 
 @dataclass(frozen=True)
 class ResultFile:
-    """One file a tool produced, as sent on `result-individual-file`."""
+    """One file a tool produced, as sent on `result-individual-file` (dlstbx's convention:
+    `file_path` is the folder, `file_name` the name)."""
 
     file_path: str
     file_name: str
     file_type: str
     importance_rank: int | None = None
+
+    @property
+    def full_path(self) -> str:
+        return f"{self.file_path.rstrip('/')}/{self.file_name}"
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {

@@ -5,6 +5,8 @@
 # zbatch-local: workdir=/dls/mx/data/mx1234-5/refine
 # zbatch-local: marker=ed62ad96e46372a8bf55d0569dfb8ed5
 # zbatch-local: time-limit=43200
+# Slurm and SGE tell a job its cpus (SLURM_CPUS_PER_TASK, NSLOTS); the local scheduler does here.
+export ZBATCH_CPUS=8
 # Record how the job ended, whatever happens, so the outcome never depends on the scheduler.
 zbatch_exit_record=/dls/mx/data/mx1234-5/refine/zbatch-golden-0-1.exit
 zbatch_signal=""

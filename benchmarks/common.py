@@ -1,0 +1,79 @@
+"""Shared pieces of the benchmarks: timing, tables, step messages, waiting for queues."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from zbatch.envelope import StepMessage, start_messages
+from zbatch.recipe import Recipe
+
+SGE_ENV = Path("/var/lib/zbatch-services/sge.env")
+
+
+@dataclass
+class Row:
+    method: str
+    jobs: int
+    seconds: float
+    note: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.jobs / self.seconds if self.seconds > 0 else 0.0
+
+
+def timed(method: str, jobs: int, action: Callable[[], Any], note: str = "") -> Row:
+    started = time.perf_counter()
+    action()
+    return Row(method, jobs, time.perf_counter() - started, note)
+
+
+def table(rows: list[Row], baseline: Row) -> str:
+    lines = ["| method | jobs | jobs/s | ratio to raw loop | note |", "|---|---:|---:|---:|---|"]
+    for row in rows:
+        ratio = row.rate / baseline.rate if baseline.rate else 0.0
+        lines.append(f"| {row.method} | {row.jobs} | {row.rate:.1f} | {ratio:.2f}x | {row.note} |")
+    return "\n".join(lines)
+
+
+def step_messages(count: int, workdir: Path, command: list[str] | None = None) -> list[StepMessage]:
+    """`count` independent one-step recipes running `command` (default: `true`)."""
+    node = {
+        "queue": "cluster.submission",
+        "parameters": {
+            "cluster": {"commands": [" ".join(command or ["true"])], "time_limit": "0:05:00"},
+            "workingdir": str(workdir),
+        },
+    }
+    recipe = Recipe.from_json({"1": node, "start": [[1, {}]]})
+    return [start_messages(recipe)[0] for _ in range(count)]
+
+
+def wait_for_empty(argv: list[str], timeout: float = 600) -> None:
+    """Let the previous method's jobs drain so each method meets the same empty queue."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+        if not out.strip():
+            return
+        time.sleep(0.5)
+
+
+def ensure_sge_env() -> None:
+    """DRMAA reads its settings when the library loads: re-exec with the SGE environment."""
+    if os.environ.get("DRMAA_LIBRARY_PATH") or not SGE_ENV.exists():
+        return
+    env = dict(os.environ)
+    for line in SGE_ENV.read_text().splitlines():
+        line = line.removeprefix("export ").strip()
+        if "=" in line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            env[key] = value.strip("'\"")
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)  # noqa: S606 - re-exec ourselves

@@ -1,0 +1,245 @@
+"""Submission throughput and tracking cost against the real single-node Slurm and SGE.
+
+    python benchmarks/submit.py [--jobs N] [--slow-jobs M] [--track-jobs K] [--sge-jobs S]
+
+Prints markdown tables: jobs/s per method and the ratio to the raw scheduler loop measured in
+the same run. Needs `scripts/services/up all` and `pip install -e .[bench]` (submitit, psij).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import paramiko
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python benchmarks/...`
+from benchmarks.common import Row, ensure_sge_env, step_messages, table, timed, wait_for_empty
+from zbatch.cluster import Cluster, CommandCluster, cluster_for
+from zbatch.connections.base import CommandResult
+from zbatch.connections.local import LocalConnection
+from zbatch.ledger import Ledger, step_key
+from zbatch.profiles import Profile, load_profile
+from zbatch.schedulers import scheduler_for
+from zbatch.submission import JobContext, prepare_job
+from zbatch.tracker import Tracker
+
+KEY = "/var/lib/zbatch-services/ssh/id_ed25519"
+KNOWN_HOSTS = "/var/lib/zbatch-services/ssh/known_hosts"
+SSH = [
+    "ssh",
+    "-i",
+    KEY,
+    "-p",
+    "2222",
+    "-o",
+    f"UserKnownHostsFile={KNOWN_HOSTS}",
+    "-o",
+    "BatchMode=yes",
+    "root@127.0.0.1",
+]
+SQUEUE_ALL = ["squeue", "-h", "-o", "%i"]
+QSTAT_ALL = ["qstat", "-u", "*"]
+
+
+def raw_loop(argv: list[str], count: int) -> None:
+    for _ in range(count):
+        subprocess.run(argv, capture_output=True, check=True)
+
+
+def zbatch_submit(
+    profile: Profile, count: int, workdir: Path, cluster: Cluster | None = None
+) -> Row:
+    own = cluster is None
+    cluster = cluster or cluster_for(profile)
+    messages = step_messages(count, workdir)
+    name = f"zbatch {profile.connection.type} ({profile.name})"
+    row = timed(
+        name,
+        count,
+        lambda: [cluster.submit(prepare_job(m, profile, JobContext())) for m in messages],
+        "render + stage + submit",
+    )
+    if own:
+        cluster.close()
+    return row
+
+
+def paramiko_exec_loop(script: str, count: int) -> None:
+    client = paramiko.SSHClient()
+    client.load_host_keys(KNOWN_HOSTS)
+    client.connect("127.0.0.1", 2222, "root", key_filename=KEY)
+    for _ in range(count):
+        _, stdout, _ = client.exec_command(f"sbatch --parsable {script}")
+        stdout.channel.recv_exit_status()
+    client.close()
+
+
+def submitit_loop(count: int, folder: Path) -> None:
+    import submitit  # type: ignore[import-not-found]
+
+    executor = submitit.SlurmExecutor(folder=str(folder))
+    executor.update_parameters(time=5, partition="debug")
+    for _ in range(count):
+        executor.submit(int, 0)
+
+
+def psij_loop(count: int) -> None:
+    import psij  # type: ignore[import-not-found]
+
+    executor = psij.JobExecutor.get_instance("slurm")
+    for _ in range(count):
+        executor.submit(psij.Job(psij.JobSpec(executable="/bin/true")))
+
+
+def slurm_rows(args: argparse.Namespace, tmp: Path) -> list[Row]:
+    script = tmp / "raw.sh"
+    script.write_text("#!/bin/bash\n#SBATCH --output=/dev/null\n#SBATCH --time=5\ntrue\n")
+    drain = lambda: wait_for_empty(SQUEUE_ALL)  # noqa: E731 - a name for a repeated step
+    rows = [
+        timed(
+            "raw sbatch --parsable loop",
+            args.jobs,
+            lambda: raw_loop(["sbatch", "--parsable", str(script)], args.jobs),
+            "the limit",
+        )
+    ]
+    drain()
+    rows.append(zbatch_submit(load_profile("slurm-local"), args.jobs, tmp / "local"))
+    drain()
+    rows.append(zbatch_submit(load_profile("slurm-over-ssh"), args.jobs, tmp / "ssh"))
+    drain()
+    rows.append(
+        timed(
+            "naive `ssh host sbatch` per job",
+            args.slow_jobs,
+            lambda: raw_loop([*SSH, "sbatch", "--parsable", str(script)], args.slow_jobs),
+        )
+    )
+    drain()
+    rows.append(
+        timed(
+            "paramiko exec_command per job",
+            args.slow_jobs,
+            lambda: paramiko_exec_loop(str(script), args.slow_jobs),
+        )
+    )
+    drain()
+    rows.append(
+        timed(
+            "submitit SlurmExecutor.submit",
+            args.peer_jobs,
+            lambda: submitit_loop(args.peer_jobs, tmp / "submitit"),
+        )
+    )
+    drain()
+    rows.append(
+        timed("psij slurm executor.submit", args.peer_jobs, lambda: psij_loop(args.peer_jobs))
+    )
+    drain()
+    return rows
+
+
+class CountingConnection(LocalConnection):
+    """Counts the scheduler commands zbatch runs, to show one status query per interval."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: dict[str, int] = {}
+
+    def run(self, argv: Sequence[str], timeout: float | None = None) -> CommandResult:
+        self.calls[argv[0]] = self.calls.get(argv[0], 0) + 1
+        return super().run(argv, timeout)
+
+
+def tracking_row(count: int, tmp: Path) -> str:
+    profile = load_profile("slurm-local")
+    connection = CountingConnection()
+    cluster = CommandCluster(scheduler_for(profile), connection)
+    ledger = Ledger(tmp / "track-ledger.sqlite")
+    for message in step_messages(count, tmp / "track"):
+        job = prepare_job(message, profile, JobContext())
+        key = step_key(message)
+        ledger.claim(
+            key,
+            recipe_id=message.recipe_id,
+            pointer=1,
+            profile=profile.name,
+            profile_source=profile.source,
+            scheduler="slurm",
+            job_name=job.spec.name,
+            workdir=job.spec.workdir,
+            tag=job.paths.tag,
+            message_path="",
+            claimed_by="b",
+        )
+        ledger.update(key, job_id=cluster.submit(job), state="pending")
+    tracker = Tracker(cluster, ledger, profile.name, interval_s=1.0)
+    polls = 0
+    while tracker.has_active():
+        before = connection.calls.get("squeue", 0)
+        tracker.poll_once()
+        polls += 1
+        assert connection.calls.get("squeue", 0) - before <= 1
+        time.sleep(tracker.next_delay())
+    squeue = connection.calls.get("squeue", 0)
+    return (
+        f"Tracking {count} Slurm jobs to completion: {polls} poll intervals, {squeue} squeue "
+        f"queries ({squeue / max(polls, 1):.2f} per interval), "
+        f"{connection.calls.get('scontrol', 0)} scontrol look-ups for jobs gone from squeue."
+    )
+
+
+def sge_rows(args: argparse.Namespace, tmp: Path) -> list[Row]:
+    script = tmp / "raw-sge.sh"
+    script.write_text("#!/bin/bash\n#$ -o /dev/null\n#$ -e /dev/null\n#$ -S /bin/bash\ntrue\n")
+    script.chmod(0o755)
+    drain = lambda: wait_for_empty(QSTAT_ALL)  # noqa: E731
+    rows = [
+        timed(
+            "raw qsub -terse loop",
+            args.sge_jobs,
+            lambda: raw_loop(["qsub", "-terse", str(script)], args.sge_jobs),
+            "the limit",
+        )
+    ]
+    drain()
+    rows.append(zbatch_submit(load_profile("sge-local"), args.sge_jobs, tmp / "sge-local"))
+    drain()
+    rows.append(zbatch_submit(load_profile("sge-drmaa"), args.sge_jobs, tmp / "sge-drmaa"))
+    drain()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--jobs", type=int, default=500, help="jobs per fast Slurm method")
+    parser.add_argument("--slow-jobs", type=int, default=30, help="jobs per ssh-per-job method")
+    parser.add_argument("--peer-jobs", type=int, default=100, help="jobs for submitit and psij")
+    parser.add_argument("--track-jobs", type=int, default=2000, help="jobs tracked to completion")
+    parser.add_argument("--sge-jobs", type=int, default=100, help="jobs per SGE method")
+    parser.add_argument("--only", choices=["slurm", "sge", "track"], default=None)
+    args = parser.parse_args()
+    ensure_sge_env()
+    tmp = Path(tempfile.mkdtemp(prefix="zbatch-bench-"))
+    try:
+        if args.only in (None, "slurm"):
+            rows = slurm_rows(args, tmp)
+            print("### Slurm submission\n\n" + table(rows, rows[0]) + "\n")
+        if args.only in (None, "track"):
+            print(tracking_row(args.track_jobs, tmp) + "\n")
+        if args.only in (None, "sge"):
+            rows = sge_rows(args, tmp)
+            print("### SGE submission\n\n" + table(rows, rows[0]) + "\n")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

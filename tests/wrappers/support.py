@@ -1,0 +1,60 @@
+"""Helpers for wrapper tests: a step message around job_parameters, stand-ins on PATH."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from zbatch.envelope import StepMessage
+from zbatch.toolrun import run_tool
+from zbatch.wrapper import Outcome, RunContext, Wrapper
+
+REPO = Path(__file__).resolve().parents[2]
+STANDINS = REPO / "tests" / "standins"
+EXAMPLE = REPO / "examples" / "xia2-fast_ep.json"
+
+
+def context(job_parameters: dict[str, Any], payload: Any = None, cpus: int = 4) -> RunContext:
+    """What `zbatch wrap` hands a wrapper for a one-node recipe with these job_parameters."""
+    body = {
+        "environment": {"ID": "wrapper-test"},
+        "payload": payload,
+        "recipe": {"1": {"queue": "q", "job_parameters": job_parameters}, "start": [[1, []]]},
+        "recipe-path": [],
+        "recipe-pointer": 1,
+    }
+    log = logging.LoggerAdapter(logging.getLogger("tests.wrappers"), {"recipe_ID": "test"})
+    return RunContext(StepMessage.from_body(body), cpus, log)
+
+
+def standin_env(**extra: str) -> dict[str, str]:
+    """The environment a job sees with the stand-in tools first on PATH."""
+    return {**os.environ, "PATH": f"{STANDINS}{os.pathsep}{os.environ['PATH']}", **extra}
+
+
+def run(wrapper: Wrapper, **env: str) -> tuple[Path, Outcome]:
+    """Build, run and collect as `zbatch wrap` does, with the stand-ins on PATH."""
+    workdir = wrapper.working_directory()
+    argv = wrapper.command(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    result = run_tool(argv, workdir, timeout_s=60, env=standin_env(**env))
+    return workdir, wrapper.collect(workdir, result.exit_code)
+
+
+def file_types(outcome: Outcome) -> dict[str, tuple[str, int | None]]:
+    return {f.file_name: (f.file_type, f.importance_rank) for f in outcome.files}
+
+
+def result_records(root: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted(root.rglob("*.result.json"))]
+
+
+def queue_bodies(root: Path, queue: str) -> list[Any]:
+    (db,) = root.rglob("queue.sqlite")
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT body FROM messages WHERE queue = ?", (queue,)).fetchall()
+    return [json.loads(r[0]) for r in rows]
