@@ -91,7 +91,17 @@ class Dispatcher:
                 stop.wait(1.0)
                 continue
             if delivery is not None:
-                self.outcomes[self.handle(delivery)] += 1
+                try:
+                    self.outcomes[self.handle(delivery)] += 1
+                except TransportError as exc:
+                    # The connection dropped mid-message: the broker redelivers it, and the
+                    # ledger makes sure the redelivery does not submit the step again.
+                    log.warning(
+                        "message %s not settled, the broker will redeliver it: %s",
+                        delivery.tag,
+                        exc,
+                    )
+                    self.outcomes["redelivery-pending"] += 1
                 handled += 1
             if self.config.track:
                 self.track()

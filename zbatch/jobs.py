@@ -111,12 +111,18 @@ class ExitRecord:
     exit_code: int
     end_time: float
     signal: str = ""
+    job_id: str = ""
 
     @classmethod
     def parse(cls, text: str) -> ExitRecord | None:
         try:
             data: Any = json.loads(text)
-            return cls(int(data["exit_code"]), float(data["end_time"]), str(data.get("signal", "")))
+            return cls(
+                int(data["exit_code"]),
+                float(data["end_time"]),
+                str(data.get("signal", "")),
+                str(data.get("job_id", "")),
+            )
         except (ValueError, KeyError, TypeError):
             return None
 

@@ -147,6 +147,7 @@ class _Runner:
             cwd=directives.get("workdir") or None,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            env={**os.environ, "ZBATCH_JOB_ID": self.job_id},
         )
         write_state(
             self.state_dir, self.job_id, state="RUNNING", pid=self.child.pid, started=time.time()

@@ -8,12 +8,12 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from zbatch.cluster import Cluster
 from zbatch.envelope import StepMessage
 from zbatch.errors import ClaimBusy, ZbatchError
-from zbatch.jobs import JobState, result_record_path
+from zbatch.jobs import JobPaths, JobState, result_record_path
 from zbatch.ledger import Ledger, LedgerEntry, step_key
 from zbatch.profiles import Profile
 from zbatch.submission import JobContext, prepare_job
@@ -106,7 +106,11 @@ class Submitter:
                 f"{entry.claimed_by}; try again later",
                 transient=True,
             )
+        # Queued or running jobs carry the marker; a finished one left its id in its exit record.
         job_id = self.cluster.find(entry.key)
+        if job_id is None:
+            record = self.cluster.exit_record(JobPaths(Path(entry.workdir), entry.tag))
+            job_id = record.job_id if record and record.job_id else None
         if job_id is not None:
             log.warning(
                 "job %s: recovered the job id of step %s/%d from the scheduler",

@@ -15,8 +15,9 @@ zbatch_child=""
 # shellcheck disable=SC2317  # called through trap, which shellcheck cannot see
 zbatch_write_exit() {
     local rc=$?
-    printf '{"exit_code": %d, "end_time": %s, "signal": "%s"}\n' \
-        "$rc" "$(date +%s)" "$zbatch_signal" > "$zbatch_exit_record.tmp" \
+    printf '{"exit_code": %d, "end_time": %s, "signal": "%s", "job_id": "%s"}\n' \
+        "$rc" "$(date +%s)" "$zbatch_signal" "${SLURM_JOB_ID:-${JOB_ID:-${ZBATCH_JOB_ID:-}}}" \
+        > "$zbatch_exit_record.tmp" \
         && mv -f "$zbatch_exit_record.tmp" "$zbatch_exit_record"
 }
 # shellcheck disable=SC2317

@@ -1,4 +1,4 @@
-"""Slurm: sbatch / squeue / scancel / scontrol argv and their output, checked against Slurm 22.05."""
+"""Slurm: sbatch / squeue / scancel / scontrol argv and their output (Slurm 22.05)."""
 
 from __future__ import annotations
 
@@ -117,7 +117,7 @@ class SlurmScheduler(Scheduler):
     }
 
     def map_state(self, raw: str, job_id: str) -> JobState:
-        # "CANCELLED by 0" (sacct, scontrol) and "CANCELLED+" (truncated sacct) carry the word first.
+        # "CANCELLED by 0" and "CANCELLED+" (sacct) carry the state word first.
         return super().map_state(raw.split(" ", 1)[0].rstrip("+"), job_id)
 
     def submit_argv(self, script_path: str) -> list[str]:
@@ -171,6 +171,18 @@ class SlurmScheduler(Scheduler):
     def cancel_argv(self, job_ids: Sequence[str]) -> list[str]:
         return ["scancel", *check_ids(job_ids, JOB_ID, self.name)]
 
+    def find_argv(self) -> list[str] | None:
+        # The template puts "zbatch:<marker>" in the job's comment (%k); -t all keeps finished
+        # jobs for MinJobAge, longer than any recovery waits.
+        return ["squeue", "-h", "-t", "all", "-o", "%i|%k"]
+
+    def parse_find(self, stdout: str, marker: str) -> str | None:
+        for line in stdout.splitlines():
+            job_id, _, comment = line.strip().partition("|")
+            if comment == f"zbatch:{marker}" and JOB_ID.match(job_id):
+                return job_id
+        return None
+
     def detail_argv(self, job_id: str) -> list[str] | None:
         return ["scontrol", "show", "job", "-o", *check_ids([job_id], JOB_ID, self.name)]
 
@@ -189,13 +201,10 @@ class SlurmScheduler(Scheduler):
     def _detail(self, fields: Mapping[str, str], job_id: str) -> SchedulerStatus:
         raw = fields["JobState"]
         reason = fields.get("Reason", "")
-        return SchedulerStatus(
-            job_id,
-            self.map_state(raw, job_id),
-            _exit_code(fields.get("ExitCode", "")),
-            "" if reason == "None" else reason,
-            raw,
-        )
+        state = self.map_state(raw, job_id)
+        # A pending or running job shows ExitCode=0:0, which means "no exit yet", not success.
+        exit_code = _exit_code(fields.get("ExitCode", "")) if state.final else None
+        return SchedulerStatus(job_id, state, exit_code, "" if reason == "None" else reason, raw)
 
 
 # Keys of `scontrol show job -o`. Values such as Command= or WorkDir= may hold spaces, so
@@ -207,13 +216,16 @@ def _fields(line: str) -> dict[str, str]:
     return {key: value for key, value in _FIELD.findall(line)}
 
 
+_GROUPS = (("ArrayJobId", "ArrayTaskId", "_"), ("HetJobId", "HetJobOffset", "+"))
+
+
 def _names(fields: Mapping[str, str]) -> set[str]:
-    names = {fields.get("JobId", "")}
-    if fields.get("ArrayTaskId"):
-        names.add(f"{fields.get('ArrayJobId')}_{fields['ArrayTaskId']}")
-    if fields.get("HetJobOffset"):
-        names.add(f"{fields.get('HetJobId')}+{fields['HetJobOffset']}")
-    return names
+    """Ids a line answers to. The last task of an array keeps the array's JobId (JobId=21 is
+    task 21_3, its siblings get fresh JobIds), so array lines are named by ArrayJobId only."""
+    for group, member, sep in _GROUPS:
+        if fields.get(group):
+            return {fields[group], f"{fields[group]}{sep}{fields.get(member, '')}"}
+    return {fields.get("JobId", "")}
 
 
 def _exit_code(text: str) -> int | None:
