@@ -64,11 +64,13 @@ def main(verbose: int) -> None:
 
 
 def register() -> None:
+    from zbatch.cli_broker import broker, dlq
     from zbatch.cli_jobs import cancel, render, run, status, submit
     from zbatch.cli_service import dispatcher
     from zbatch.cli_wrap import wrap, wrappers
 
-    for command in (run, render, submit, status, cancel, wrap, wrappers, dispatcher):
+    commands = (run, render, submit, status, cancel, wrap, wrappers, dispatcher, broker, dlq)
+    for command in commands:
         main.add_command(command)
 
 

@@ -21,7 +21,7 @@ from zbatch.steps import is_wrapper_step
 from zbatch.submission import JobContext, prepare_job
 from zbatch.submitter import Submitter
 from zbatch.tracker import Tracker
-from zbatch.transport.factory import TransportConfig
+from zbatch.transport.factory import TransportConfig, make_transport
 
 profile_option = click.option(
     "--profile", "-p", "profile_name", metavar="P", help="Profile name or YAML file."
@@ -117,6 +117,16 @@ def render(
 @profile_option
 @param_option
 @db_option
+@click.option(
+    "--transport",
+    "kind",
+    type=click.Choice(["direct", "pika", "embedded"]),
+    default="direct",
+    show_default=True,
+    help="direct: submit the start steps now; pika/embedded: publish the recipe's "
+    "start messages for a dispatcher.",
+)
+@click.option("--rabbit-conf", metavar="FILE", help="RabbitMQ settings for --transport pika.")
 @click.option("--wait", is_flag=True, help="Wait for the jobs; exit 0 only if all succeeded.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def submit(
@@ -124,19 +134,25 @@ def submit(
     profile_name: str | None,
     params: tuple[str, ...],
     embedded_db: str | None,
+    kind: str,
+    rabbit_conf: str | None,
     wait: bool,
     as_json: bool,
 ) -> None:
-    """Submit a recipe's start steps straight to the profile's cluster (no broker).
-
-    Later steps are reached through the embedded queue that the jobs report to.
+    """Start a recipe: submit its start steps to a cluster, or publish it to a broker.
 
     \b
     Example:
       zbatch submit examples/hello.json --profile slurm-local --wait
+      zbatch submit examples/hello.json --transport pika
     """
-    profile = load_profile(profile_name or "local")
     recipe = Recipe.load(recipe_file).apply_parameters(parse_params(params))
+    if kind != "direct":
+        if wait:
+            fail("--wait needs --transport direct; a dispatcher runs brokered recipes")
+        _publish(recipe, TransportConfig(kind, embedded_db, rabbit_conf), as_json)
+        return
+    profile = load_profile(profile_name or "local")
     cluster = cluster_for(profile)
     ledger = Ledger()
     config = TransportConfig("embedded", embedded_db)
@@ -158,6 +174,27 @@ def submit(
     _print_entries(entries, as_json)
     if wait and any(e.state != JobState.SUCCEEDED.value for e in entries):
         raise SystemExit(1)
+
+
+def _publish(recipe: Recipe, config: TransportConfig, as_json: bool) -> None:
+    """What workflows' RecipeWrapper.start() does: one message per start node."""
+    transport = make_transport(config)
+    transport.connect()
+    try:
+        messages = start_messages(recipe)
+        for message in messages:
+            transport.send_step(message)
+    finally:
+        transport.disconnect()
+    sent = [
+        {"recipe_id": m.recipe_id, "node": m.pointer, "queue": m.destination().queue}
+        for m in messages
+    ]
+    if as_json:
+        echo_json(sent)
+        return
+    for item in sent:
+        click.echo(f"recipe {item['recipe_id']}: node {item['node']} sent to {item['queue']}")
 
 
 def _print_entries(entries: list[LedgerEntry], as_json: bool) -> None:

@@ -167,6 +167,13 @@ class EmbeddedTransport(Transport):
             (queue, json.dumps(headers), body, now, now + delay),
         )
 
+    def get(self, queue: str) -> Delivery | None:
+        """The next message without waiting (the DLQ tools' interface)."""
+        return self.receive(queue, 0)
+
+    def queue_depth(self, queue: str) -> int:
+        return self.depth(queue)
+
     def depth(self, queue: str) -> int:
         row = self.db.execute("SELECT COUNT(*) FROM messages WHERE queue = ?", (queue,)).fetchone()
         return int(row[0])
