@@ -20,7 +20,7 @@ from zbatch.runner import RecipeRunner
 from zbatch.steps import is_wrapper_step
 from zbatch.submission import JobContext, prepare_job
 from zbatch.submitter import Submitter
-from zbatch.tracker import Tracker
+from zbatch.tracker import Tracker, cancel_jobs
 from zbatch.transport.factory import TransportConfig, make_transport
 
 profile_option = click.option(
@@ -260,9 +260,10 @@ def cancel(jobs: tuple[str, ...]) -> None:
     missing = set(jobs) - {e.job_id for e in entries} - {e.key for e in entries}
     if missing:
         fail(f"no tracked job {', '.join(sorted(missing))}")
+    ledger = Ledger()
     for source, group in _by_profile(entries).items():
         cluster = cluster_for(load_profile_file(source))
-        cluster.cancel([e.job_id for e in group if e.job_id])
+        cancel_jobs(cluster, ledger, group)
         cluster.close()
         for e in group:
             click.echo(f"{e.job_id}: cancel requested")

@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     message_path TEXT NOT NULL,
     claimed_by TEXT NOT NULL DEFAULT '',
     reported INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
     submitted_at REAL,
     updated_at REAL NOT NULL
 );
@@ -79,6 +80,7 @@ class LedgerEntry:
     message_path: str
     claimed_by: str
     reported: int
+    cancel_requested: int
     submitted_at: float | None
     updated_at: float
 

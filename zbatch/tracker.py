@@ -34,7 +34,11 @@ def settle(
     status: SchedulerStatus | None, record: ExitRecord | None, detail: SchedulerStatus | None = None
 ) -> Settled | None:
     """The final outcome of a job, or None while it is still queued or running."""
-    verdict = status if status is not None and status.state.final else detail
+    # Accounting (detail) knows exit codes that a queue listing does not: prefer it.
+    if detail is not None and detail.state.final:
+        verdict: SchedulerStatus | None = detail
+    else:
+        verdict = status if status is not None and status.state.final else None
     if record is not None:
         if verdict is not None and verdict.state in _EXPLAINING and record.exit_code != 0:
             return Settled(verdict.state, record.exit_code, verdict.reason or verdict.raw_state)
@@ -54,6 +58,13 @@ def settle(
             "scheduler reports completion but the job wrote no exit record",
         )
     return Settled(verdict.state, verdict.exit_code, verdict.reason or verdict.raw_state)
+
+
+def cancel_jobs(cluster: Cluster, ledger: Ledger, entries: list[LedgerEntry]) -> None:
+    """Cancel through the scheduler, remembering that the cancellation was asked for."""
+    for entry in entries:
+        ledger.update(entry.key, cancel_requested=1)
+    cluster.cancel([e.job_id for e in entries if e.job_id])
 
 
 def entry_paths(entry: LedgerEntry) -> JobPaths:
@@ -122,7 +133,7 @@ class Tracker:
         try:
             record = self.cluster.exit_record(entry_paths(entry))
             detail = None
-            if record is None and (status is None or not status.state.final):
+            if record is None:
                 detail = self.cluster.detail(entry.job_id)
         except ZbatchError as exc:
             log.warning("job %s: cannot read its outcome yet: %s", entry.job_id, exc)
@@ -130,6 +141,14 @@ class Tracker:
         settled = settle(status, record, detail)
         if settled is None:
             return None
+        if settled.state is JobState.CANCELLED and not entry.cancel_requested and not record:
+            # Nobody asked zbatch to cancel it: the job was killed (SGE reports a kill -9 and
+            # a qdel alike), which is a failure of the job, not a user's cancellation.
+            code = settled.exit_code if settled.exit_code is not None else 137
+            settled = Settled(JobState.FAILED, code, f"killed ({settled.reason or 'signal'})")
+        if settled.state is JobState.LOST and entry.cancel_requested:
+            # SGE keeps no accounting for a job deleted while pending.
+            settled = Settled(JobState.CANCELLED, None, "cancelled before it started")
         self.ledger.update(
             entry.key, state=settled.state.value, exit_code=settled.exit_code, reason=settled.reason
         )
