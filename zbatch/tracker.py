@@ -133,7 +133,8 @@ class Tracker:
         try:
             record = self.cluster.exit_record(entry_paths(entry))
             detail = None
-            if record is None:
+            if record is None or record.exit_code != 0:
+                # Accounting explains what a bare exit code cannot (time limit, OOM, kill).
                 detail = self.cluster.detail(entry.job_id)
         except ZbatchError as exc:
             log.warning("job %s: cannot read its outcome yet: %s", entry.job_id, exc)
@@ -146,9 +147,10 @@ class Tracker:
             # a qdel alike), which is a failure of the job, not a user's cancellation.
             code = settled.exit_code if settled.exit_code is not None else 137
             settled = Settled(JobState.FAILED, code, f"killed ({settled.reason or 'signal'})")
-        if settled.state is JobState.LOST and entry.cancel_requested:
-            # SGE keeps no accounting for a job deleted while pending.
-            settled = Settled(JobState.CANCELLED, None, "cancelled before it started")
+        if entry.cancel_requested and settled.state in (JobState.FAILED, JobState.LOST):
+            # Asked to cancel, then ended badly: SGE's -notify warning signal often ends the
+            # job before qdel's kill, and a job deleted while pending leaves no accounting.
+            settled = Settled(JobState.CANCELLED, settled.exit_code, "cancelled on request")
         self.ledger.update(
             entry.key, state=settled.state.value, exit_code=settled.exit_code, reason=settled.reason
         )

@@ -31,8 +31,10 @@ zbatch_forward() {
 trap zbatch_write_exit EXIT
 trap 'zbatch_forward TERM' TERM
 trap 'zbatch_forward INT' INT
-trap 'zbatch_forward USR1' USR1
-trap 'zbatch_forward USR2' USR2
+# USR1/USR2 are the schedulers' warnings before a kill (SGE -notify, sbatch --signal): note
+# them but let the job run on; `zbatch wrap` passes them to its tool itself.
+trap 'zbatch_signal=USR1' USR1
+trap 'zbatch_signal=USR2' USR2
 
 cd /dls/mx/data/fast_ep || exit 1
 (
