@@ -61,6 +61,8 @@ def main(verbose: int) -> None:
     logging.basicConfig(
         level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s"
     )
+    # pika logs every expected reconnect as an error; zbatch reports broker trouble itself.
+    logging.getLogger("pika").setLevel(logging.DEBUG if verbose >= 3 else logging.CRITICAL)
 
 
 def register() -> None:

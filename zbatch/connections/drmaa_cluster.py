@@ -46,7 +46,7 @@ STATES: dict[str, JobState] = {
 # The directives DRMAA sets as job template attributes (they would override nativeSpecification).
 ATTRIBUTES = {"-o": "outputPath", "-e": "errorPath", "-wd": "workingDirectory", "-N": "jobName"}
 # DRMAA jobs are binary by default: the shepherd execs the script file (hence mode 0755 and its
-# #! line) and never reads its `#$` lines; saying so beats a site sge_request that sets -b n.
+# #! line) and never reads its `#$` lines. Said explicitly in case a site default says -b n.
 BINARY = ["-b", "y", "-shell", "no"]
 _ENDED_KEPT = 10_000  # verdicts of reaped jobs kept for a retried poll
 
@@ -241,11 +241,15 @@ class DrmaaCluster(Cluster):
             log.warning("job %s: DRMAA wait failed (%s); state %s as reported", job_id, exc, raw)
             status = SchedulerStatus(job_id, STATES[raw], None, "", raw)
         except Exception as exc:
-            # drmaa-python raises NO_RUSAGE (code 24) as a bare Exception: the job ended
-            # without ever running, which for our own scripts means deleted while pending.
+            # drmaa-python raises NO_RUSAGE (code 24) as a bare Exception. The job was deleted
+            # while pending, or it ran but the session lost its usage in a qmaster restart:
+            # only qacct, which has a record for every job that ran, tells them apart.
             if not str(exc).startswith("code 24:"):
                 raise
-            status = SchedulerStatus(job_id, JobState.CANCELLED, None, "deleted before start", raw)
+            never_ran = SchedulerStatus(
+                job_id, JobState.CANCELLED, None, "deleted before start", raw
+            )
+            status = self._quiet_detail(job_id) or never_ran
         self.ended[job_id] = status
         while len(self.ended) > _ENDED_KEPT:
             self.ended.popitem(last=False)
