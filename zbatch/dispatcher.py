@@ -27,7 +27,7 @@ from zbatch.metrics import DispatcherMetrics
 from zbatch.outbox import Outbox
 from zbatch.profiles import Profile
 from zbatch.submission import JobContext
-from zbatch.submitter import Submitted, Submitter, wrapper_reported
+from zbatch.submitter import RECOVERY_GRACE_S, Submitted, Submitter, wrapper_reported
 from zbatch.tracker import Settled, Tracker
 from zbatch.transport.base import Delivery, Transport
 
@@ -45,6 +45,8 @@ class DispatcherConfig:
     backoff_s: float = 0.5
     receive_timeout_s: float = 0.5
     track: bool = True
+    # How long to wait for another submitter's fresh claim before requeueing the message.
+    claim_wait_s: float = RECOVERY_GRACE_S + 30
 
 
 def _transient(exc: BaseException) -> bool:
@@ -124,7 +126,6 @@ class Dispatcher:
         try:
             done = self._submit_with_retries(message)
         except ClaimBusy:
-            time.sleep(self.config.backoff_s)
             self.transport.nack(delivery, requeue=True)
             return "requeued"
         except ZbatchError as exc:
@@ -140,6 +141,21 @@ class Dispatcher:
         return "duplicate"
 
     def _submit_with_retries(self, message: StepMessage) -> Submitted:
+        """Submit, retrying transient failures; wait out another submitter's fresh claim.
+
+        Waiting here rather than requeueing keeps a crash from using up the message's
+        delivery limit (a quorum queue would dead-letter it after a few requeues).
+        """
+        deadline = time.monotonic() + self.config.claim_wait_s
+        while True:
+            try:
+                return self._submit_transient_retries(message)
+            except ClaimBusy:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(self.config.backoff_s)
+
+    def _submit_transient_retries(self, message: StepMessage) -> Submitted:
         try:
             for attempt in Retrying(
                 retry=retry_if_exception(_transient),

@@ -156,6 +156,7 @@ def test_young_claim_is_requeued_not_duplicated(setup: Any, work_root: Path) -> 
         claimed_by="elsewhere:1",
     )
     transport.send_step(message)
+    dispatcher.config = DispatcherConfig(backoff_s=0.01, claim_wait_s=0.5)
     dispatcher.serve(threading.Event(), max_messages=1)
     assert dispatcher.outcomes == {"requeued": 1}
     assert transport.depth("cluster.submission") == 1
