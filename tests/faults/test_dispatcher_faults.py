@@ -122,7 +122,7 @@ def test_sigkill_during_sbatch_is_recovered_from_the_job_marker(
         before = log_path.read_text().count("submitted to slurm-local")
         dispatcher.start()
         wait_until(
-            lambda: log_path.read_text().count("submitted to slurm-local") > before,
+            lambda n=before: log_path.read_text().count("submitted to slurm-local") > n,
             90,
             "a submission by this run",
             every=0.05,
