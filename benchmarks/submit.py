@@ -101,7 +101,10 @@ def psij_loop(count: int) -> None:
 def slurm_rows(args: argparse.Namespace, tmp: Path) -> list[Row]:
     script = tmp / "raw.sh"
     script.write_text("#!/bin/bash\n#SBATCH --output=/dev/null\n#SBATCH --time=5\ntrue\n")
-    drain = lambda: wait_for_empty(SQUEUE_ALL)  # noqa: E731 - a name for a repeated step
+
+    def drain() -> None:
+        wait_for_empty(SQUEUE_ALL)
+
     rows = [
         timed(
             "raw sbatch --parsable loop",
@@ -200,7 +203,10 @@ def sge_rows(args: argparse.Namespace, tmp: Path) -> list[Row]:
     script = tmp / "raw-sge.sh"
     script.write_text("#!/bin/bash\n#$ -o /dev/null\n#$ -e /dev/null\n#$ -S /bin/bash\ntrue\n")
     script.chmod(0o755)
-    drain = lambda: wait_for_empty(QSTAT_ALL)  # noqa: E731
+
+    def drain() -> None:
+        wait_for_empty(QSTAT_ALL)
+
     rows = [
         timed(
             "raw qsub -terse loop",

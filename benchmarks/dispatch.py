@@ -1,0 +1,124 @@
+"""Dispatcher throughput: steps published to a queue until Slurm accepted them all.
+
+    python benchmarks/dispatch.py [--steps N]
+
+Runs, in one go against the local Slurm: a raw `sbatch --parsable` loop (the limit), the
+dispatcher consuming N steps from RabbitMQ, and the dispatcher consuming the same N steps from
+the embedded SQLite queue. Prints a markdown table with steps/s, the ratio to the raw loop and
+the dispatcher's peak RSS. Needs `scripts/services/up slurm rabbitmq`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python benchmarks/...`
+from benchmarks.common import Row, step_messages, table, timed, wait_for_empty
+from zbatch.broker import setup_broker
+from zbatch.transport.base import Transport
+from zbatch.transport.embedded import EmbeddedTransport
+from zbatch.transport.pika import PikaTransport
+
+SQUEUE_ALL = ["squeue", "-h", "-o", "%i"]
+
+
+def publish(transport: Transport, queue: str, count: int, workdir: Path) -> None:
+    for message in step_messages(count, workdir):
+        message.step["queue"] = queue
+        transport.send_step(message)
+
+
+def run_dispatcher(args: list[str], count: int, state: Path) -> tuple[float, float]:
+    """Seconds until the dispatcher has handled `count` messages, and its peak RSS in MiB."""
+    env = {**os.environ, "ZBATCH_STATE_DIR": str(state)}
+    argv = [
+        sys.executable,
+        "-m",
+        "zbatch",
+        "dispatcher",
+        "--profile",
+        "slurm-local",
+        "--max-messages",
+        str(count),
+        *args,
+    ]
+    started = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"dispatcher failed: {proc.stderr.read().decode() if proc.stderr else ''}")
+    return elapsed, usage.ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=1000)
+    count = parser.parse_args().steps
+    tmp = Path(tempfile.mkdtemp(prefix="zbatch-bench-dispatch-"))
+    script = tmp / "raw.sh"
+    script.write_text("#!/bin/bash\n#SBATCH --output=/dev/null\n#SBATCH --time=5\ntrue\n")
+    rows: list[Row] = []
+    try:
+        wait_for_empty(SQUEUE_ALL)
+        rows.append(
+            timed(
+                "raw sbatch --parsable loop",
+                count,
+                lambda: [
+                    subprocess.run(
+                        ["sbatch", "--parsable", str(script)], capture_output=True, check=True
+                    )
+                    for _ in range(count)
+                ],
+                "the limit",
+            )
+        )
+        wait_for_empty(SQUEUE_ALL)
+        queue = f"zbatch-bench.{uuid.uuid4().hex[:8]}"
+        with PikaTransport() as rabbit:
+            setup_broker(rabbit, [queue])
+            publish(rabbit, queue, count, tmp / "pika")
+            seconds, rss = run_dispatcher(
+                ["--transport", "pika", "--queue", queue], count, tmp / "state-pika"
+            )
+            rabbit.delete_queue(queue)
+            rabbit.delete_queue(f"dlq.{queue}")
+        rows.append(
+            Row("zbatch dispatcher (RabbitMQ -> Slurm)", count, seconds, f"peak RSS {rss:.0f} MiB")
+        )
+        wait_for_empty(SQUEUE_ALL)
+        db = tmp / "queue.sqlite"
+        embedded = EmbeddedTransport(db)
+        publish(embedded, "cluster.submission", count, tmp / "embedded")
+        embedded.disconnect()
+        seconds, rss = run_dispatcher(
+            ["--transport", "embedded", "--embedded-db", str(db)], count, tmp / "state-embedded"
+        )
+        rows.append(
+            Row(
+                "zbatch dispatcher (embedded SQLite -> Slurm)",
+                count,
+                seconds,
+                f"peak RSS {rss:.0f} MiB",
+            )
+        )
+        print("### Dispatcher: queued steps accepted by Slurm\n\n" + table(rows, rows[0]))
+        print(
+            "\nDispatcher times include its start-up (imports, broker connection) and its "
+            "status polling while it submits."
+        )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
