@@ -68,10 +68,22 @@ def main(verbose: int) -> None:
 def register() -> None:
     from zbatch.cli_broker import broker, dlq
     from zbatch.cli_jobs import cancel, render, run, status, submit
-    from zbatch.cli_service import dispatcher
+    from zbatch.cli_service import dispatcher, recipe_starter
     from zbatch.cli_wrap import wrap, wrappers
 
-    commands = (run, render, submit, status, cancel, wrap, wrappers, dispatcher, broker, dlq)
+    commands = (
+        run,
+        render,
+        submit,
+        status,
+        cancel,
+        wrap,
+        wrappers,
+        dispatcher,
+        recipe_starter,
+        broker,
+        dlq,
+    )
     for command in commands:
         main.add_command(command)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from pathlib import Path
 from types import FrameType
 
 import click
@@ -14,6 +15,7 @@ from zbatch.dispatcher import Dispatcher, DispatcherConfig
 from zbatch.ledger import Ledger
 from zbatch.metrics import DispatcherMetrics, StatusServer
 from zbatch.profiles import load_profile
+from zbatch.recipe_starter import QUEUE, RecipeStarter
 from zbatch.submission import JobContext
 from zbatch.transport.factory import TransportConfig, make_transport
 
@@ -101,3 +103,51 @@ def dispatcher(
         if server is not None:
             server.stop()
     click.echo(f"dispatcher stopped: {dict(service.outcomes)}", err=True)
+
+
+@click.command("recipe-starter")
+@click.option(
+    "--recipe-dir",
+    required=True,
+    type=click.Path(file_okay=False, exists=True),
+    help="Folder of <name>.json recipes that requests may name.",
+)
+@click.option(
+    "--transport",
+    "kind",
+    type=click.Choice(["pika", "embedded"]),
+    default="pika",
+    show_default=True,
+)
+@click.option("--queue", default=QUEUE, show_default=True)
+@click.option("--rabbit-conf", metavar="FILE", help="RabbitMQ settings ([rabbit] INI).")
+@click.option("--embedded-db", metavar="FILE", help="SQLite queue for --transport embedded.")
+@click.option("--max-messages", type=int, default=None, hidden=True)
+def recipe_starter(
+    recipe_dir: str,
+    kind: str,
+    queue: str,
+    rabbit_conf: str | None,
+    embedded_db: str | None,
+    max_messages: int | None,
+) -> None:
+    """Start recipes requested on `processing_recipe`, so `zocalo.go` can drive zbatch.
+
+    \b
+    Example:
+      zbatch recipe-starter --recipe-dir /dls_sw/apps/zocalo/live/recipes
+    """
+    transport = make_transport(TransportConfig(kind, embedded_db, rabbit_conf))
+    starter = RecipeStarter(transport, Path(recipe_dir))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
+    signal.signal(signal.SIGINT, lambda _s, _f: stop.set())
+    handled = 0
+    try:
+        while not stop.is_set() and (max_messages is None or handled < max_messages):
+            delivery = transport.receive(queue, 0.5)
+            if delivery is not None:
+                click.echo(f"{starter.handle(delivery)}", err=True)
+                handled += 1
+    finally:
+        transport.disconnect()

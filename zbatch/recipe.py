@@ -146,6 +146,30 @@ class Recipe:
                 head = {"error": head["error"], "start": head["start"]}
         return {**head, **{str(k): v for k, v in self.nodes.items()}}
 
+    def merge(self, other: Recipe) -> Recipe:
+        """Both recipes as one, `other`'s nodes renumbered after ours (workflows' merge)."""
+        offset = max(self.nodes, default=0)
+
+        def shift(links: object) -> object:
+            if _is_int(links):
+                return int(links) + offset  # type: ignore[call-overload]
+            if isinstance(links, list):
+                return [shift(link) for link in links]
+            if isinstance(links, dict):
+                return {name: shift(link) for name, link in links.items()}
+            return links
+
+        nodes = dict(self.nodes)
+        for node_id, node in other.nodes.items():
+            moved = dict(node)
+            for fieldname in ("output", "error"):
+                if fieldname in moved:
+                    moved[fieldname] = shift(moved[fieldname])
+            nodes[node_id + offset] = moved
+        start = [*self.start, *((n + offset, p) for n, p in other.start)]
+        error = [*self.error, *(n + offset for n in other.error)]
+        return Recipe(nodes, start, error, self.error_first)
+
     def apply_parameters(self, parameters: Mapping[str, Any]) -> Recipe:
         """Fill `{name}` placeholders as workflows does; unknown ones stay as they are."""
         nodes = {k: substitute(v, parameters) for k, v in self.nodes.items()}
