@@ -24,8 +24,8 @@ from zbatch.errors import ConnectionFailure, SchedulerError, ZbatchError
 from zbatch.jobs import JobState
 from zbatch.profiles import Profile
 from zbatch.schedulers.base import SchedulerStatus
+from zbatch.schedulers.parsing import check_ids
 from zbatch.schedulers.sge import JOB_ID, SgeScheduler
-from zbatch.schedulers.slurm import check_ids
 from zbatch.steps import PreparedJob
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,15 @@ from typing import ClassVar
 from zbatch.errors import SchedulerError
 from zbatch.jobs import JobState
 from zbatch.schedulers.base import Scheduler, SchedulerStatus
-from zbatch.schedulers.slurm import base_id, check_ids, check_script, combine, select, shorten
+from zbatch.schedulers.parsing import (
+    base_id,
+    check_ids,
+    check_script,
+    combine,
+    find_submitted_id,
+    select,
+    shorten,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +74,7 @@ class SgeScheduler(Scheduler):
         return ["qsub", "-terse", check_script(script_path, self.name)]
 
     def parse_submit(self, stdout: str) -> str:
-        # Site wrappers (JSV messages, banners) may add lines: take the last bare id.
-        for line in reversed(stdout.splitlines()):
-            match = _SUBMIT_LINE.match(line)
-            if match:
-                return match.group(1)
-        text = _SUBMIT_TEXT.search(stdout)
-        if text:
-            return text.group(1)
-        raise SchedulerError(f"qsub printed no job id: {shorten(stdout) or '(nothing)'}")
+        return find_submitted_id(stdout, _SUBMIT_LINE, _SUBMIT_TEXT, "qsub")
 
     def status_argv(self, job_ids: Sequence[str]) -> list[str]:
         check_ids(job_ids, JOB_ID, self.name)
