@@ -55,6 +55,17 @@ def submitted_keys(state_dir: Path) -> dict[str, str | None]:
         ledger.close()
 
 
+def wait_for_all_submitted(queues: Queues, state_dir: Path, expected: list[str], what: str) -> None:
+    wait_until(
+        lambda: (
+            queues.depth(queues.work) == 0
+            and all(submitted_keys(state_dir).get(k) for k in expected)
+        ),
+        240,
+        what,
+    )
+
+
 def assert_exactly_once(expected: list[str]) -> None:
     counts = slurm_jobs_by_marker()
     missing = [k for k in expected if counts[k] == 0]
@@ -84,14 +95,7 @@ def test_sigkill_three_times_submits_every_step_exactly_once(
         assert dispatcher.kill() == -9
     dispatcher.start()
     expected = keys(messages)
-    wait_until(
-        lambda: (
-            queues.depth(queues.work) == 0
-            and all(submitted_keys(state_dir).get(k) for k in expected)
-        ),
-        240,
-        "every step to be submitted",
-    )
+    wait_for_all_submitted(queues, state_dir, expected, "every step to be submitted")
     dispatcher.stop()
     assert_exactly_once(expected)
     assert queues.depth(f"dlq.{queues.work}") == 0
@@ -300,14 +304,7 @@ def test_two_replicas_never_submit_a_step_twice(
     for replica in replicas:
         replica.start()
     expected = keys(messages)
-    wait_until(
-        lambda: (
-            queues.depth(queues.work) == 0
-            and all(submitted_keys(state_dir).get(k) for k in expected)
-        ),
-        240,
-        "both replicas to drain the queue",
-    )
+    wait_for_all_submitted(queues, state_dir, expected, "both replicas to drain the queue")
     for replica in replicas:
         replica.stop()
     assert_exactly_once(expected)

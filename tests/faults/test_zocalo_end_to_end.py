@@ -91,22 +91,19 @@ def test_workflows_runs_xia2_fast_ep_through_zbatch_on_slurm(
     assert queues.drain(queues.failed) == []
 
 
-def test_heartbeats_reach_transient_status_while_the_tool_runs(
-    queues: Queues, tmp_path: Path
-) -> None:
-    status_queue = f"{queues.work}.status"
-    queues.transport.admin("declare", lambda ch: ch.queue_declare(status_queue, auto_delete=True))
-    queues.transport.admin("bind", lambda ch: ch.queue_bind(status_queue, STATUS_EXCHANGE))
-    workdir = JOBS_ROOT / tmp_path.name
+def start_sleeper(
+    queues: Queues, workdir: Path, tmp_path: Path, name: str, seconds: int, output: dict[str, int]
+) -> Dispatcher:
+    """A dispatcher, and a one-step recipe started by workflows whose tool sleeps."""
     node = {
         "queue": queues.work,
+        "output": output,
         "parameters": {
             "wrapper": "generic",
             "workingdir": str(workdir),
-            "cluster": {"job_name": "beat"},
+            "cluster": {"job_name": name},
         },
-        "job_parameters": {"command": ["sleep", "8"]},
-        "output": {"completed": 2},
+        "job_parameters": {"command": ["sleep", str(seconds)]},
     }
     recipe = {"1": node, "2": {"queue": queues.submitted}, "start": [[1, {}]]}
     dispatcher = Dispatcher("slurm-local", queues.work, tmp_path / "dispatcher.log")
@@ -117,6 +114,17 @@ def test_heartbeats_reach_transient_status_while_the_tool_runs(
         RecipeWrapper(recipe=WorkflowsRecipe(recipe), transport=wf).start()
     finally:
         wf.disconnect()
+    return dispatcher
+
+
+def test_heartbeats_reach_transient_status_while_the_tool_runs(
+    queues: Queues, tmp_path: Path
+) -> None:
+    status_queue = f"{queues.work}.status"
+    queues.transport.admin("declare", lambda ch: ch.queue_declare(status_queue, auto_delete=True))
+    queues.transport.admin("bind", lambda ch: ch.queue_bind(status_queue, STATUS_EXCHANGE))
+    workdir = JOBS_ROOT / tmp_path.name
+    dispatcher = start_sleeper(queues, workdir, tmp_path, "beat", 8, {"completed": 2})
     beats: list[dict[str, Any]] = []
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not queues.depth(queues.submitted):
@@ -133,25 +141,9 @@ def test_heartbeats_reach_transient_status_while_the_tool_runs(
 
 def test_results_sent_after_the_broker_comes_back(queues: Queues, tmp_path: Path) -> None:
     workdir = JOBS_ROOT / tmp_path.name
-    node = {
-        "queue": queues.work,
-        "parameters": {
-            "wrapper": "generic",
-            "workingdir": str(workdir),
-            "cluster": {"job_name": "late"},
-        },
-        "job_parameters": {"command": ["sleep", "12"]},
-        "output": {"success": 2, "completed": 2},
-    }
-    recipe = {"1": node, "2": {"queue": queues.submitted}, "start": [[1, {}]]}
-    dispatcher = Dispatcher("slurm-local", queues.work, tmp_path / "dispatcher.log")
-    dispatcher.start()
-    wf = WorkflowsPika()
-    wf.connect()
-    try:
-        RecipeWrapper(recipe=WorkflowsRecipe(recipe), transport=wf).start()
-    finally:
-        wf.disconnect()
+    dispatcher = start_sleeper(
+        queues, workdir, tmp_path, "late", 12, {"success": 2, "completed": 2}
+    )
     deadline = time.monotonic() + 60
     while not list(workdir.glob("zbatch-*.out")) and time.monotonic() < deadline:
         time.sleep(0.5)

@@ -162,21 +162,25 @@ def test_young_claim_is_requeued_not_duplicated(setup: Any, work_root: Path) -> 
     assert transport.depth("cluster.submission") == 1
 
 
-def test_job_that_dies_unreported_gets_a_failure_message(setup: Any, work_root: Path) -> None:
-    dispatcher, transport = setup
-    # The wrapper never runs: the step's job is killed by its time limit first.
-    message = recipe_message(["sleep", "60"], work_root / "g")
-    message.step["parameters"]["cluster"]["time_limit"] = 1
-    message.step["parameters"]["wrapper"] = "generic"
-    transport.send_step(message)
-    dispatcher.serve(threading.Event(), max_messages=1)
+def failures_reported(dispatcher: Dispatcher, transport: EmbeddedTransport) -> list[Any]:
+    """Track until something arrives on the recipe's failure output (30 s at most)."""
     deadline = time.monotonic() + 30
     failures: list[Any] = []
     while not failures and time.monotonic() < deadline:
         dispatcher.track()
         failures = drain(transport, "failed")
         time.sleep(0.2)
-    ((_, body),) = failures
+    return failures
+
+
+def test_job_stopped_by_its_time_limit_reports_failure(setup: Any, work_root: Path) -> None:
+    dispatcher, transport = setup
+    message = recipe_message(["sleep", "60"], work_root / "g")
+    message.step["parameters"]["cluster"]["time_limit"] = 1
+    message.step["parameters"]["wrapper"] = "generic"
+    transport.send_step(message)
+    dispatcher.serve(threading.Event(), max_messages=1)
+    ((_, body),) = failures_reported(dispatcher, transport)
     assert body["recipe-pointer"] == 3
     assert "timeout" in body["payload"] or "SIGTERM" in body["payload"]
 
@@ -188,13 +192,7 @@ def test_dispatcher_reports_a_job_whose_wrapper_never_ran(setup: Any, work_root:
     message.step["parameters"]["cluster"]["commands"] = ["exit 3"]
     transport.send_step(message)
     dispatcher.serve(threading.Event(), max_messages=1)
-    deadline = time.monotonic() + 30
-    failures: list[Any] = []
-    while not failures and time.monotonic() < deadline:
-        dispatcher.track()
-        failures = drain(transport, "failed")
-        time.sleep(0.2)
-    ((_, body),) = failures
+    ((_, body),) = failures_reported(dispatcher, transport)
     assert body["payload"].endswith("failed (exit code 3)")
     dispatcher.track()
     assert drain(transport, "failed") == []  # reported once, not on every poll
