@@ -6,6 +6,7 @@ template by putting a file of the same name in its profile's `template_dir`.
 
 from __future__ import annotations
 
+import functools
 import math
 import shlex
 from importlib import resources
@@ -29,9 +30,16 @@ def shipped_template_dir() -> Path:
 
 
 def environment_for(profile: Profile) -> jinja2.Environment:
+    return _environment(profile.template_dir)
+
+
+@functools.lru_cache(maxsize=32)
+def _environment(template_dir: str | None) -> jinja2.Environment:
+    """One environment per template folder, so each template is compiled once per process
+    (Jinja2 then checks the file's mtime, so an edited site template is still picked up)."""
     search = [shipped_template_dir()]
-    if profile.template_dir:
-        search.insert(0, Path(profile.template_dir).expanduser())
+    if template_dir:
+        search.insert(0, Path(template_dir).expanduser())
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader([str(p) for p in search]),
         undefined=jinja2.StrictUndefined,
