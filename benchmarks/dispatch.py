@@ -62,7 +62,10 @@ def run_dispatcher(args: list[str], count: int, state: Path) -> tuple[float, flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=1000)
-    count = parser.parse_args().steps
+    parser.add_argument("--workers", type=int, default=8, help="dispatcher --workers")
+    options = parser.parse_args()
+    count = options.steps
+    workers = ["--workers", str(options.workers)]
     tmp = Path(tempfile.mkdtemp(prefix="zbatch-bench-dispatch-"))
     script = tmp / "raw.sh"
     script.write_text("#!/bin/bash\n#SBATCH --output=/dev/null\n#SBATCH --time=5\ntrue\n")
@@ -88,7 +91,7 @@ def main() -> None:
             setup_broker(rabbit, [queue])
             publish(rabbit, queue, count, tmp / "pika")
             seconds, rss = run_dispatcher(
-                ["--transport", "pika", "--queue", queue], count, tmp / "state-pika"
+                ["--transport", "pika", "--queue", queue, *workers], count, tmp / "state-pika"
             )
             rabbit.delete_queue(queue)
             rabbit.delete_queue(f"dlq.{queue}")
@@ -101,7 +104,9 @@ def main() -> None:
         publish(embedded, "cluster.submission", count, tmp / "embedded")
         embedded.disconnect()
         seconds, rss = run_dispatcher(
-            ["--transport", "embedded", "--embedded-db", str(db)], count, tmp / "state-embedded"
+            ["--transport", "embedded", "--embedded-db", str(db), *workers],
+            count,
+            tmp / "state-embedded",
         )
         rows.append(
             Row(

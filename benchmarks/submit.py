@@ -15,15 +15,17 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import paramiko
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python benchmarks/...`
 from benchmarks.common import Row, ensure_sge_env, step_messages, table, timed, wait_for_empty
-from zbatch.cluster import Cluster, CommandCluster, cluster_for
+from zbatch.cluster import CommandCluster, cluster_for
 from zbatch.connections.base import CommandResult
 from zbatch.connections.local import LocalConnection
+from zbatch.envelope import StepMessage
 from zbatch.ledger import Ledger, step_key
 from zbatch.profiles import Profile, load_profile
 from zbatch.schedulers import scheduler_for
@@ -53,21 +55,26 @@ def raw_loop(argv: list[str], count: int) -> None:
         subprocess.run(argv, capture_output=True, check=True)
 
 
-def zbatch_submit(
-    profile: Profile, count: int, workdir: Path, cluster: Cluster | None = None
-) -> Row:
-    own = cluster is None
-    cluster = cluster or cluster_for(profile)
+def zbatch_submit(profile: Profile, count: int, workdir: Path, workers: int = 1) -> Row:
+    """Render, stage and submit `count` steps; `workers` at once, as the dispatcher does."""
+    cluster = cluster_for(profile)
     messages = step_messages(count, workdir)
-    name = f"zbatch {profile.connection.type} ({profile.name})"
+
+    def one(message: StepMessage) -> str:
+        return cluster.submit(prepare_job(message, profile, JobContext()))
+
+    def run_all() -> None:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(one, messages))
+
+    how = "1 at a time" if workers == 1 else f"{workers} at once (as the dispatcher)"
     row = timed(
-        name,
+        f"zbatch {profile.connection.type} ({profile.name}), {how}",
         count,
-        lambda: [cluster.submit(prepare_job(m, profile, JobContext())) for m in messages],
+        run_all,
         "render + stage + submit",
     )
-    if own:
-        cluster.close()
+    cluster.close()
     return row
 
 
@@ -82,7 +89,7 @@ def paramiko_exec_loop(script: str, count: int) -> None:
 
 
 def submitit_loop(count: int, folder: Path) -> None:
-    import submitit  # type: ignore[import-not-found]
+    import submitit
 
     executor = submitit.SlurmExecutor(folder=str(folder))
     executor.update_parameters(time=5, partition="debug")
@@ -91,7 +98,7 @@ def submitit_loop(count: int, folder: Path) -> None:
 
 
 def psij_loop(count: int) -> None:
-    import psij  # type: ignore[import-not-found]
+    import psij
 
     executor = psij.JobExecutor.get_instance("slurm")
     for _ in range(count):
@@ -114,10 +121,10 @@ def slurm_rows(args: argparse.Namespace, tmp: Path) -> list[Row]:
         )
     ]
     drain()
-    rows.append(zbatch_submit(load_profile("slurm-local"), args.jobs, tmp / "local"))
-    drain()
-    rows.append(zbatch_submit(load_profile("slurm-over-ssh"), args.jobs, tmp / "ssh"))
-    drain()
+    for name in ("slurm-local", "slurm-over-ssh"):
+        for workers in (1, 8):
+            rows.append(zbatch_submit(load_profile(name), args.jobs, tmp / name, workers))
+            drain()
     rows.append(
         timed(
             "naive `ssh host sbatch` per job",
@@ -216,10 +223,10 @@ def sge_rows(args: argparse.Namespace, tmp: Path) -> list[Row]:
         )
     ]
     drain()
-    rows.append(zbatch_submit(load_profile("sge-local"), args.sge_jobs, tmp / "sge-local"))
-    drain()
-    rows.append(zbatch_submit(load_profile("sge-drmaa"), args.sge_jobs, tmp / "sge-drmaa"))
-    drain()
+    for name in ("sge-local", "sge-drmaa"):
+        for workers in (1, 8):
+            rows.append(zbatch_submit(load_profile(name), args.sge_jobs, tmp / name, workers))
+            drain()
     return rows
 
 

@@ -53,6 +53,13 @@ log = logging.getLogger(__name__)
     default=None,
     help="Serve /metrics, /healthz and /readyz on this port (0 picks one).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=8,
+    show_default=True,
+    help="Submissions in flight at once.",
+)
 @click.option("--max-messages", type=int, default=None, hidden=True)
 def dispatcher(
     profile_name: str,
@@ -61,6 +68,7 @@ def dispatcher(
     rabbit_conf: str | None,
     embedded_db: str | None,
     metrics_port: int | None,
+    workers: int,
     max_messages: int | None,
 ) -> None:
     """Consume step messages and submit them as jobs; SIGTERM stops it cleanly.
@@ -80,7 +88,7 @@ def dispatcher(
         Ledger(),
         transport,
         JobContext(config.job_args()),
-        DispatcherConfig(queue=queue),
+        DispatcherConfig(queue=queue, workers=workers),
         metrics,
     )
     stop = threading.Event()

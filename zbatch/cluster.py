@@ -121,9 +121,13 @@ def cluster_for(profile: Profile) -> Cluster:
             scheduler_for(profile), LocalConnection(profile.connection.command_timeout_s)
         )
     if kind == "ssh":
+        from zbatch.connections.pool import ConnectionPool
         from zbatch.connections.ssh import SshConnection
 
-        return CommandCluster(scheduler_for(profile), SshConnection(profile.connection))
+        pool = ConnectionPool(
+            lambda: SshConnection(profile.connection), profile.connection.pool_size
+        )
+        return CommandCluster(scheduler_for(profile), pool)
     if kind == "drmaa":
         from zbatch.connections.drmaa_cluster import DrmaaCluster
 

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections import Counter as Tally
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -39,12 +40,22 @@ NOTIFIED_OUTBOX = 4
 
 
 @dataclass(frozen=True)
+class InFlight:
+    """A message accepted for submission, and when it arrived."""
+
+    delivery: Delivery
+    message: StepMessage
+    started: float
+
+
+@dataclass(frozen=True)
 class DispatcherConfig:
     queue: str = "cluster.submission"
     attempts: int = 4  # submission attempts for transient failures before dead-lettering
     backoff_s: float = 0.5
     receive_timeout_s: float = 0.5
     track: bool = True
+    workers: int = 8  # submissions at once; the scheduler, not this process, is the limit
     # How long to wait for another submitter's fresh claim before requeueing the message.
     claim_wait_s: float = RECOVERY_GRACE_S + 30
 
@@ -77,44 +88,76 @@ class Dispatcher:
         self._next_poll = 0.0
 
     def serve(self, stop: threading.Event, max_messages: int | None = None) -> None:
-        """Consume until `stop` is set; the message in hand is always finished first."""
+        """Consume until `stop` is set; messages in hand are always finished first.
+
+        Up to `config.workers` submissions run at once in threads (the scheduler accepts
+        concurrent calls); the broker is only ever touched from this thread.
+        """
         log.info("dispatcher for profile %s consuming %s", self.profile.name, self.config.queue)
+        self.transport.set_prefetch(self.config.workers)
         handled = 0
-        while not stop.is_set():
-            self.metrics.last_loop = time.monotonic()
-            try:
-                delivery = self.transport.receive(self.config.queue, self.config.receive_timeout_s)
-                self.metrics.set_connected(True)
-            except TransportError as exc:
-                self.metrics.set_connected(False)
-                if not exc.transient:
-                    raise
-                log.warning("broker unavailable, retrying: %s", exc)
-                stop.wait(1.0)
-                continue
-            if delivery is not None:
-                try:
-                    self.outcomes[self.handle(delivery)] += 1
-                except TransportError as exc:
-                    # The connection dropped mid-message: the broker redelivers it, and the
-                    # ledger makes sure the redelivery does not submit the step again.
-                    log.warning(
-                        "message %s not settled, the broker will redeliver it: %s",
-                        delivery.tag,
-                        exc,
-                    )
-                    self.outcomes["redelivery-pending"] += 1
-                handled += 1
-            if self.config.track:
-                self.track()
-            if max_messages is not None and handled >= max_messages:
-                break
+        in_flight: dict[Future[Submitted], InFlight] = {}
+        with ThreadPoolExecutor(self.config.workers, thread_name_prefix="zbatch-submit") as pool:
+            while in_flight or not stop.is_set():
+                self.metrics.last_loop = time.monotonic()
+                room = max_messages is None or handled + len(in_flight) < max_messages
+                if room and not stop.is_set() and len(in_flight) < self.config.workers:
+                    wait_s = 0.0 if in_flight else self.config.receive_timeout_s
+                    delivery = self._receive(stop, wait_s)
+                    if delivery is not None:
+                        job = self._accept(delivery)
+                        if isinstance(job, InFlight):
+                            in_flight[pool.submit(self._submit_with_retries, job.message)] = job
+                        else:
+                            self.outcomes[job] += 1
+                            handled += 1
+                        continue
+                handled += self._harvest(in_flight)
+                if self.config.track:
+                    self.track()
+                if not in_flight and max_messages is not None and handled >= max_messages:
+                    break
         log.info("dispatcher stopping: %s", dict(self.outcomes))
 
+    def _receive(self, stop: threading.Event, timeout: float) -> Delivery | None:
+        try:
+            delivery = self.transport.receive(self.config.queue, timeout)
+        except TransportError as exc:
+            self.metrics.set_connected(False)
+            if not exc.transient:
+                raise
+            log.warning("broker unavailable, retrying: %s", exc)
+            stop.wait(1.0)
+            return None
+        self.metrics.set_connected(True)
+        return delivery
+
+    def _harvest(self, in_flight: dict[Future[Submitted], InFlight]) -> int:
+        """Settle the submissions that have finished; returns how many."""
+        if not in_flight:
+            return 0
+        done, _ = wait(list(in_flight), timeout=0.05, return_when=FIRST_COMPLETED)
+        for future in done:
+            job = in_flight.pop(future)
+            error = future.exception()
+            result: Submitted | BaseException = error if error is not None else future.result()
+            self.outcomes[self._settle_safely(job, result)] += 1
+        return len(done)
+
     def handle(self, delivery: Delivery) -> str:
-        """Process one message; returns what became of it."""
+        """Process one message start to end in this thread; returns what became of it."""
+        job = self._accept(delivery)
+        if not isinstance(job, InFlight):
+            return job
+        try:
+            result: Submitted | BaseException = self._submit_with_retries(job.message)
+        except ZbatchError as exc:
+            result = exc
+        return self._settle(job, result)
+
+    def _accept(self, delivery: Delivery) -> InFlight | str:
+        """Check a message before submitting; dead-letter it when it cannot be a step."""
         self.metrics.received.inc()
-        started = time.monotonic()
         if not is_recipe_message(delivery.headers):
             return self._dead_letter(
                 delivery, "not a recipe message (no workflows-recipe header)", "not-recipe"
@@ -123,19 +166,35 @@ class Dispatcher:
             message = StepMessage.from_body(delivery.body, source=f"message on {delivery.queue}")
         except ZbatchError as exc:
             return self._dead_letter(delivery, str(exc), "malformed")
+        return InFlight(delivery, message, time.monotonic())
+
+    def _settle_safely(self, job: InFlight, result: Submitted | BaseException) -> str:
         try:
-            done = self._submit_with_retries(message)
-        except ClaimBusy:
+            return self._settle(job, result)
+        except TransportError as exc:
+            # The connection dropped mid-message: the broker redelivers it, and the ledger
+            # makes sure the redelivery does not submit the step again.
+            log.warning(
+                "message %s not settled, the broker will redeliver it: %s", job.delivery.tag, exc
+            )
+            return "redelivery-pending"
+
+    def _settle(self, job: InFlight, result: Submitted | BaseException) -> str:
+        """Acknowledge a submitted step, or requeue / dead-letter one that was not."""
+        delivery = job.delivery
+        if isinstance(result, ClaimBusy):
             self.transport.nack(delivery, requeue=True)
             return "requeued"
-        except ZbatchError as exc:
-            kind = "unreachable" if exc.transient else "refused"
-            return self._dead_letter(delivery, str(exc), kind)
-        self._notify_submitted(message, done.entry)
+        if isinstance(result, ZbatchError):
+            kind = "unreachable" if result.transient else "refused"
+            return self._dead_letter(delivery, str(result), kind)
+        if isinstance(result, BaseException):
+            raise result
+        self._notify_submitted(job.message, result.entry)
         self.transport.ack(delivery)
-        if done.new:
+        if result.new:
             self.metrics.submitted.inc()
-            self.metrics.latency.observe(time.monotonic() - started)
+            self.metrics.latency.observe(time.monotonic() - job.started)
             return "submitted"
         self.metrics.duplicates.inc()
         return "duplicate"
@@ -180,6 +239,8 @@ class Dispatcher:
         return "dead-lettered"
 
     def _notify_submitted(self, message: StepMessage, entry: LedgerEntry) -> None:
+        # Read afresh: a duplicate settled after its twin carries a stale snapshot.
+        entry = self.ledger.get(entry.key) or entry
         if entry.reported & NOTIFIED_SUBMITTED:
             return
         payload = {"jobid": entry.job_id, "scheduler": entry.scheduler}

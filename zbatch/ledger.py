@@ -10,8 +10,9 @@ import hashlib
 import json
 import os
 import sqlite3
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,12 +94,22 @@ class Ledger:
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or default_state_dir() / "ledger.sqlite"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        # Shared by the dispatcher's submission threads: one connection behind one lock.
+        self.db = sqlite3.connect(
+            self.path, timeout=30, isolation_level=None, check_same_thread=False
+        )
+        self.lock = threading.RLock()
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(SCHEMA)
 
     def close(self) -> None:
         self.db.close()
+
+    def _run(self, sql: str, args: Sequence[Any] = ()) -> tuple[int, list[tuple[Any, ...]]]:
+        """One statement under the lock: (rows changed, rows returned)."""
+        with self.lock:
+            cursor = self.db.execute(sql, args)
+            return cursor.rowcount, cursor.fetchall()
 
     def claim(self, key: str, **fields: Any) -> LedgerEntry | None:
         """Record a step before submitting it; returns the existing entry if already claimed."""
@@ -106,36 +117,36 @@ class Ledger:
         row = {"key": key, "state": SUBMITTING, "updated_at": now, **fields}
         columns = ", ".join(row)
         marks = ", ".join("?" for _ in row)
-        cursor = self.db.execute(
+        changed, _ = self._run(
             f"INSERT OR IGNORE INTO jobs ({columns}) VALUES ({marks})",  # noqa: S608 - fixed names
             tuple(row.values()),
         )
-        return None if cursor.rowcount == 1 else self.get(key)
+        return None if changed == 1 else self.get(key)
 
     def update(self, key: str, **fields: Any) -> None:
         fields["updated_at"] = time.time()
         assignments = ", ".join(f"{name} = ?" for name in fields)
-        self.db.execute(
+        self._run(
             f"UPDATE jobs SET {assignments} WHERE key = ?",  # noqa: S608 - fixed names
             (*fields.values(), key),
         )
 
     def take_over(self, key: str, entry: LedgerEntry, claimant: str) -> bool:
         """Claim an abandoned `submitting` entry; False if someone else changed it first."""
-        cursor = self.db.execute(
+        changed, _ = self._run(
             "UPDATE jobs SET claimed_by = ?, updated_at = ? "
             "WHERE key = ? AND state = ? AND claimed_by = ? AND updated_at = ?",
             (claimant, time.time(), key, SUBMITTING, entry.claimed_by, entry.updated_at),
         )
-        return cursor.rowcount == 1
+        return changed == 1
 
     def release(self, key: str) -> None:
         """Forget a claim whose submission certainly failed, so a retry may submit again."""
-        self.db.execute("DELETE FROM jobs WHERE key = ? AND state = ?", (key, SUBMITTING))
+        self._run("DELETE FROM jobs WHERE key = ? AND state = ?", (key, SUBMITTING))
 
     def get(self, key: str) -> LedgerEntry | None:
-        row = self.db.execute("SELECT * FROM jobs WHERE key = ?", (key,)).fetchone()
-        return self._entry(row) if row else None
+        _, rows = self._run("SELECT * FROM jobs WHERE key = ?", (key,))
+        return self._entry(rows[0]) if rows else None
 
     def _entry(self, row: tuple[Any, ...]) -> LedgerEntry:
         return LedgerEntry(*row)
@@ -155,5 +166,6 @@ class Ledger:
         if profile:
             query += " AND profile = ?"
             args.append(profile)
-        for row in self.db.execute(query + " ORDER BY updated_at", args).fetchall():
+        _, rows = self._run(query + " ORDER BY updated_at", args)
+        for row in rows:
             yield self._entry(row)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -31,7 +32,9 @@ class JobContext:
         return profile.zbatch_command or self.zbatch_command or [sys.executable, "-m", "zbatch"]
 
 
+@functools.lru_cache(maxsize=1)
 def installed_wrappers() -> list[str]:
+    """Entry points are read once per process: scanning them costs milliseconds per step."""
     return sorted(ep.name for ep in entry_points(group="zbatch.wrappers"))
 
 

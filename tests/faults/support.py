@@ -28,7 +28,12 @@ class Dispatcher:
     """`zbatch dispatcher` as a real process, restartable and killable."""
 
     def __init__(
-        self, profile: str, queue: str, log: Path, env: dict[str, str] | None = None
+        self,
+        profile: str,
+        queue: str,
+        log: Path,
+        env: dict[str, str] | None = None,
+        workers: int = 8,
     ) -> None:
         self.env = {**os.environ, **(env or {})}
         self.argv = [
@@ -43,6 +48,8 @@ class Dispatcher:
             "pika",
             "--queue",
             queue,
+            "--workers",
+            str(workers),
         ]
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None

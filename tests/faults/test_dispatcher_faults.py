@@ -119,7 +119,8 @@ def test_sigkill_during_sbatch_is_recovered_from_the_job_marker(
     for message in messages:
         queues.transport.send_step(message)
     env = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    dispatcher = Dispatcher("slurm-local", queues.work, tmp_path / "dispatcher.log", env)
+    # One submission at a time, so that each kill lands inside an sbatch.
+    dispatcher = Dispatcher("slurm-local", queues.work, tmp_path / "dispatcher.log", env, workers=1)
     log_path = tmp_path / "dispatcher.log"
     log_path.touch()
     for _ in range(3):

@@ -69,6 +69,9 @@ class Transport(ABC):
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Move the message to `dlq.<queue>` with the reason in a header; nothing is lost."""
 
+    def set_prefetch(self, count: int) -> None:  # noqa: B027 - only brokers bound it
+        """Let up to `count` messages wait unacknowledged with this consumer."""
+
     def send_json(self, queue: str, body: Any, headers: dict[str, Any] | None = None) -> None:
         self.publish(queue, json.dumps(body).encode(), dict(headers or {}))
 

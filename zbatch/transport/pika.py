@@ -14,6 +14,7 @@ Deliberate differences from workflows:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -141,6 +142,11 @@ class PikaTransport(Transport):
             self._send.basic_publish(exchange, routing_key, body, props, mandatory=mandatory)
 
     # -- consuming ----------------------------------------------------------------------------
+
+    def set_prefetch(self, count: int) -> None:
+        """Raise the prefetch for consumers opened from now on (never lowers the setting)."""
+        if count > self.settings.prefetch:
+            self.settings = dataclasses.replace(self.settings, prefetch=count)
 
     def receive(self, queue: str, timeout: float) -> PikaDelivery | None:
         deadline = time.monotonic() + max(timeout, 0.0)
