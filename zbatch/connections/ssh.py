@@ -132,6 +132,11 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
         )
 
 
+# New files get 0644 from sftp-server's usual umask; other modes cost one chmod round trip.
+DEFAULT_FILE_MODE = 0o644
+KNOWN_DIRS = 4096
+
+
 class SshConnection(Connection):
     def __init__(self, config: ConnectionConfig) -> None:
         if not config.host:
@@ -150,6 +155,7 @@ class SshConnection(Connection):
         self._sftp: paramiko.SFTPClient | None = None
         self._lock = threading.Lock()
         self._commands = itertools.count(1)
+        self._known_dirs: dict[PurePosixPath, None] = {}  # insertion-ordered, bounded
 
     # -- public API -------------------------------------------------------------------------
     def run(self, argv: Sequence[str], timeout: float | None = None) -> CommandResult:
@@ -175,12 +181,19 @@ class SshConnection(Connection):
 
     def put_file(self, path: PurePosixPath, data: str, mode: int = 0o644) -> None:
         def write(sftp: paramiko.SFTPClient) -> None:
-            _makedirs(sftp, path.parent)
+            # Each SFTP call is a round trip: skip the folder check for folders made already.
+            if path.parent not in self._known_dirs:
+                _makedirs(sftp, path.parent)
+                self._known_dirs[path.parent] = None
+                if len(self._known_dirs) > KNOWN_DIRS:
+                    self._known_dirs.pop(next(iter(self._known_dirs)))
             temp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
             try:
                 with sftp.open(temp, "wb") as handle:
+                    handle.set_pipelined(True)  # the close confirms the writes
                     handle.write(data.encode())
-                sftp.chmod(temp, mode)  # before the rename: the final name never has other modes
+                if mode != DEFAULT_FILE_MODE:  # before the rename: the final name never has others
+                    sftp.chmod(temp, mode)
                 sftp.posix_rename(temp, str(path))
             except BaseException:
                 with suppress(*_LINK_ERRORS):
@@ -386,11 +399,15 @@ class SshConnection(Connection):
 
 
 def _makedirs(sftp: paramiko.SFTPClient, folder: PurePosixPath) -> None:
-    """mkdir -p over SFTP. A failed mkdir (or a lost race) is left for the write to report."""
+    """mkdir -p over SFTP, trying the folder itself first (one round trip when only it is new).
+    A failed mkdir (or a lost race) is left for the write to report."""
     try:
-        sftp.stat(str(folder))
-    except FileNotFoundError:
+        sftp.mkdir(str(folder))
+        return
+    except FileNotFoundError:  # a parent is missing too
         if folder.parent != folder:
             _makedirs(sftp, folder.parent)
-        with suppress(OSError):
-            sftp.mkdir(str(folder))
+    except OSError:
+        return  # it exists (or cannot be made: the write will say so)
+    with suppress(OSError):
+        sftp.mkdir(str(folder))
