@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from zbatch.envelope import StepMessage, start_messages
+from zbatch.profiles import Profile
 from zbatch.recipe import Recipe
 
 SGE_ENV = Path("/var/lib/zbatch-services/sge.env")
@@ -54,6 +55,25 @@ def step_messages(count: int, workdir: Path, command: list[str] | None = None) -
     }
     recipe = Recipe.from_json({"1": node, "start": [[1, {}]]})
     return [start_messages(recipe)[0] for _ in range(count)]
+
+
+def held(profile: Profile) -> Profile:
+    """The profile with jobs submitted on hold: running jobs would compete for the CPU the
+    submissions are measured on (2 cores here), so every method submits held jobs."""
+    hold = "--hold" if profile.scheduler == "slurm" else "-h"
+    return profile.model_copy(update={"extra_directives": [*profile.extra_directives, hold]})
+
+
+def release_all(scheduler: str) -> None:
+    """Remove the held jobs a method left, and wait until the queue is empty again."""
+    if scheduler == "slurm":
+        subprocess.run(["scancel", "-u", os.environ.get("USER", "root")], check=False)
+        wait_for_empty(["squeue", "-h", "-o", "%i"])
+    else:
+        subprocess.run(
+            ["qdel", "-u", os.environ.get("USER", "root")], capture_output=True, check=False
+        )
+        wait_for_empty(["qstat", "-u", "*"])
 
 
 def wait_for_empty(argv: list[str], timeout: float = 600) -> None:

@@ -21,19 +21,28 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python benchmarks/...`
-from benchmarks.common import Row, step_messages, table, timed, wait_for_empty
+import yaml
+
+from benchmarks.common import Row, held, release_all, step_messages, table, timed
 from zbatch.broker import setup_broker
+from zbatch.profiles import load_profile
 from zbatch.transport.base import Transport
 from zbatch.transport.embedded import EmbeddedTransport
 from zbatch.transport.pika import PikaTransport
-
-SQUEUE_ALL = ["squeue", "-h", "-o", "%i"]
 
 
 def publish(transport: Transport, queue: str, count: int, workdir: Path) -> None:
     for message in step_messages(count, workdir):
         message.step["queue"] = queue
         transport.send_step(message)
+
+
+def held_profile(folder: Path) -> Path:
+    """slurm-local with jobs held, written to a file the dispatcher process can load."""
+    path = folder / "slurm-local-held.yaml"
+    data = held(load_profile("slurm-local")).model_dump(mode="json", exclude={"source"})
+    path.write_text(yaml.safe_dump(data))
+    return path
 
 
 def run_dispatcher(args: list[str], count: int, state: Path) -> tuple[float, float]:
@@ -44,8 +53,6 @@ def run_dispatcher(args: list[str], count: int, state: Path) -> tuple[float, flo
         "-m",
         "zbatch",
         "dispatcher",
-        "--profile",
-        "slurm-local",
         "--max-messages",
         str(count),
         *args,
@@ -68,10 +75,13 @@ def main() -> None:
     workers = ["--workers", str(options.workers)]
     tmp = Path(tempfile.mkdtemp(prefix="zbatch-bench-dispatch-"))
     script = tmp / "raw.sh"
-    script.write_text("#!/bin/bash\n#SBATCH --output=/dev/null\n#SBATCH --time=5\ntrue\n")
+    script.write_text(
+        "#!/bin/bash\n#SBATCH --output=/dev/null\n#SBATCH --time=5\n#SBATCH --hold\ntrue\n"
+    )
+    profile = ["--profile", str(held_profile(tmp))]
     rows: list[Row] = []
     try:
-        wait_for_empty(SQUEUE_ALL)
+        release_all("slurm")
         rows.append(
             timed(
                 "raw sbatch --parsable loop",
@@ -85,26 +95,28 @@ def main() -> None:
                 "the limit",
             )
         )
-        wait_for_empty(SQUEUE_ALL)
+        release_all("slurm")
         queue = f"zbatch-bench.{uuid.uuid4().hex[:8]}"
         with PikaTransport() as rabbit:
             setup_broker(rabbit, [queue])
             publish(rabbit, queue, count, tmp / "pika")
             seconds, rss = run_dispatcher(
-                ["--transport", "pika", "--queue", queue, *workers], count, tmp / "state-pika"
+                [*profile, "--transport", "pika", "--queue", queue, *workers],
+                count,
+                tmp / "state-pika",
             )
             rabbit.delete_queue(queue)
             rabbit.delete_queue(f"dlq.{queue}")
         rows.append(
             Row("zbatch dispatcher (RabbitMQ -> Slurm)", count, seconds, f"peak RSS {rss:.0f} MiB")
         )
-        wait_for_empty(SQUEUE_ALL)
+        release_all("slurm")
         db = tmp / "queue.sqlite"
         embedded = EmbeddedTransport(db)
         publish(embedded, "cluster.submission", count, tmp / "embedded")
         embedded.disconnect()
         seconds, rss = run_dispatcher(
-            ["--transport", "embedded", "--embedded-db", str(db), *workers],
+            [*profile, "--transport", "embedded", "--embedded-db", str(db), *workers],
             count,
             tmp / "state-embedded",
         )
@@ -122,6 +134,7 @@ def main() -> None:
             "status polling while it submits."
         )
     finally:
+        release_all("slurm")
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -21,7 +21,15 @@ from pathlib import Path
 import paramiko
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python benchmarks/...`
-from benchmarks.common import Row, ensure_sge_env, step_messages, table, timed, wait_for_empty
+from benchmarks.common import (
+    Row,
+    ensure_sge_env,
+    held,
+    release_all,
+    step_messages,
+    table,
+    timed,
+)
 from zbatch.cluster import CommandCluster, cluster_for
 from zbatch.connections.base import CommandResult
 from zbatch.connections.local import LocalConnection
@@ -92,7 +100,10 @@ def submitit_loop(count: int, folder: Path) -> None:
     import submitit
 
     executor = submitit.SlurmExecutor(folder=str(folder))
-    executor.update_parameters(time=5, partition="debug")
+    # Jobs wait (--begin) instead of running, as every method's do, so none eats the CPU.
+    executor.update_parameters(
+        time=5, partition="debug", additional_parameters={"begin": "now+1hour"}
+    )
     for _ in range(count):
         executor.submit(int, 0)
 
@@ -101,16 +112,19 @@ def psij_loop(count: int) -> None:
     import psij
 
     executor = psij.JobExecutor.get_instance("slurm")
+    attributes = psij.JobAttributes(custom_attributes={"slurm.begin": "now+1hour"})
     for _ in range(count):
-        executor.submit(psij.Job(psij.JobSpec(executable="/bin/true")))
+        executor.submit(psij.Job(psij.JobSpec(executable="/bin/true", attributes=attributes)))
 
 
 def slurm_rows(args: argparse.Namespace, tmp: Path) -> list[Row]:
     script = tmp / "raw.sh"
-    script.write_text("#!/bin/bash\n#SBATCH --output=/dev/null\n#SBATCH --time=5\ntrue\n")
+    script.write_text(
+        "#!/bin/bash\n#SBATCH --output=/dev/null\n#SBATCH --time=5\n#SBATCH --hold\ntrue\n"
+    )
 
     def drain() -> None:
-        wait_for_empty(SQUEUE_ALL)
+        release_all("slurm")
 
     rows = [
         timed(
@@ -123,7 +137,7 @@ def slurm_rows(args: argparse.Namespace, tmp: Path) -> list[Row]:
     drain()
     for name in ("slurm-local", "slurm-over-ssh"):
         for workers in (1, 8):
-            rows.append(zbatch_submit(load_profile(name), args.jobs, tmp / name, workers))
+            rows.append(zbatch_submit(held(load_profile(name)), args.jobs, tmp / name, workers))
             drain()
     rows.append(
         timed(
@@ -208,11 +222,13 @@ def tracking_row(count: int, tmp: Path) -> str:
 
 def sge_rows(args: argparse.Namespace, tmp: Path) -> list[Row]:
     script = tmp / "raw-sge.sh"
-    script.write_text("#!/bin/bash\n#$ -o /dev/null\n#$ -e /dev/null\n#$ -S /bin/bash\ntrue\n")
+    script.write_text(
+        "#!/bin/bash\n#$ -o /dev/null\n#$ -e /dev/null\n#$ -S /bin/bash\n#$ -h\ntrue\n"
+    )
     script.chmod(0o755)
 
     def drain() -> None:
-        wait_for_empty(QSTAT_ALL)
+        release_all("sge")
 
     rows = [
         timed(
@@ -225,7 +241,7 @@ def sge_rows(args: argparse.Namespace, tmp: Path) -> list[Row]:
     drain()
     for name in ("sge-local", "sge-drmaa"):
         for workers in (1, 8):
-            rows.append(zbatch_submit(load_profile(name), args.sge_jobs, tmp / name, workers))
+            rows.append(zbatch_submit(held(load_profile(name)), args.sge_jobs, tmp / name, workers))
             drain()
     return rows
 
