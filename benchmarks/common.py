@@ -24,6 +24,7 @@ class Row:
     jobs: int
     seconds: float
     note: str = ""
+    baseline: float | None = None  # raw-loop jobs/s measured just before this method
 
     @property
     def rate(self) -> float:
@@ -37,11 +38,30 @@ def timed(method: str, jobs: int, action: Callable[[], Any], note: str = "") -> 
 
 
 def table(rows: list[Row], baseline: Row) -> str:
-    lines = ["| method | jobs | jobs/s | ratio to raw loop | note |", "|---|---:|---:|---:|---|"]
+    """Each ratio is against the raw loop run right before that method (the scheduler's speed
+    drifts on a shared 2-core machine); the first row is the first raw loop."""
+    lines = [
+        "| method | jobs | jobs/s | raw loop jobs/s (just before) | ratio to raw loop | note |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
     for row in rows:
-        ratio = row.rate / baseline.rate if baseline.rate else 0.0
-        lines.append(f"| {row.method} | {row.jobs} | {row.rate:.1f} | {ratio:.2f}x | {row.note} |")
+        raw = row.baseline or baseline.rate
+        ratio = row.rate / raw if raw else 0.0
+        lines.append(
+            f"| {row.method} | {row.jobs} | {row.rate:.1f} | {raw:.1f} | {ratio:.2f}x "
+            f"| {row.note} |"
+        )
     return "\n".join(lines)
+
+
+def paired(raw: Callable[[], Row], method: Callable[[], Row], drain: Callable[[], None]) -> Row:
+    """Run the raw loop, then the method, so the method's ratio uses a baseline of its moment."""
+    baseline = raw()
+    drain()
+    row = method()
+    drain()
+    row.baseline = baseline.rate
+    return row
 
 
 def step_messages(count: int, workdir: Path, command: list[str] | None = None) -> list[StepMessage]:

@@ -80,22 +80,22 @@ def main() -> None:
     )
     profile = ["--profile", str(held_profile(tmp))]
     rows: list[Row] = []
-    try:
-        release_all("slurm")
-        rows.append(
-            timed(
-                "raw sbatch --parsable loop",
-                count,
-                lambda: [
-                    subprocess.run(
-                        ["sbatch", "--parsable", str(script)], capture_output=True, check=True
-                    )
-                    for _ in range(count)
-                ],
-                "the limit",
-            )
+
+    def raw() -> Row:
+        argv = ["sbatch", "--parsable", str(script)]
+        row = timed(
+            "raw sbatch --parsable loop",
+            count,
+            lambda: [subprocess.run(argv, capture_output=True, check=True) for _ in range(count)],
+            "the limit",
         )
         release_all("slurm")
+        return row
+
+    try:
+        release_all("slurm")
+        rows.append(raw())
+        baseline = raw()
         queue = f"zbatch-bench.{uuid.uuid4().hex[:8]}"
         with PikaTransport() as rabbit:
             setup_broker(rabbit, [queue])
@@ -108,9 +108,16 @@ def main() -> None:
             rabbit.delete_queue(queue)
             rabbit.delete_queue(f"dlq.{queue}")
         rows.append(
-            Row("zbatch dispatcher (RabbitMQ -> Slurm)", count, seconds, f"peak RSS {rss:.0f} MiB")
+            Row(
+                "zbatch dispatcher (RabbitMQ -> Slurm)",
+                count,
+                seconds,
+                f"peak RSS {rss:.0f} MiB",
+                baseline.rate,
+            )
         )
         release_all("slurm")
+        baseline = raw()
         db = tmp / "queue.sqlite"
         embedded = EmbeddedTransport(db)
         publish(embedded, "cluster.submission", count, tmp / "embedded")
@@ -126,8 +133,10 @@ def main() -> None:
                 count,
                 seconds,
                 f"peak RSS {rss:.0f} MiB",
+                baseline.rate,
             )
         )
+        release_all("slurm")
         print("### Dispatcher: queued steps accepted by Slurm\n\n" + table(rows, rows[0]))
         print(
             "\nDispatcher times include its start-up (imports, broker connection) and its "

@@ -9,6 +9,7 @@ the same run. Needs `scripts/services/up all` and `pip install -e .[bench]` (sub
 from __future__ import annotations
 
 import argparse
+import functools
 import shutil
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from benchmarks.common import (
     Row,
     ensure_sge_env,
     held,
+    paired,
     release_all,
     step_messages,
     table,
@@ -126,47 +128,64 @@ def slurm_rows(args: argparse.Namespace, tmp: Path) -> list[Row]:
     def drain() -> None:
         release_all("slurm")
 
-    rows = [
-        timed(
-            "raw sbatch --parsable loop",
-            args.jobs,
-            lambda: raw_loop(["sbatch", "--parsable", str(script)], args.jobs),
-            "the limit",
+    def raw(count: int = args.jobs) -> Row:
+        argv = ["sbatch", "--parsable", str(script)]
+        return timed(
+            "raw sbatch --parsable loop", count, lambda: raw_loop(argv, count), "the limit"
         )
-    ]
+
+    rows = [raw()]
     drain()
     for name in ("slurm-local", "slurm-over-ssh"):
         for workers in (1, 8):
-            rows.append(zbatch_submit(held(load_profile(name)), args.jobs, tmp / name, workers))
-            drain()
+            profile = held(load_profile(name))
+            rows.append(
+                paired(
+                    raw,
+                    functools.partial(
+                        zbatch_submit, profile, args.jobs, tmp / f"{name}-{workers}", workers
+                    ),
+                    drain,
+                )
+            )
+    slow = args.slow_jobs
     rows.append(
-        timed(
-            "naive `ssh host sbatch` per job",
-            args.slow_jobs,
-            lambda: raw_loop([*SSH, "sbatch", "--parsable", str(script)], args.slow_jobs),
+        paired(
+            raw,
+            lambda: timed(
+                "naive `ssh host sbatch` per job",
+                slow,
+                lambda: raw_loop([*SSH, "sbatch", "--parsable", str(script)], slow),
+            ),
+            drain,
         )
     )
-    drain()
     rows.append(
-        timed(
-            "paramiko exec_command per job",
-            args.slow_jobs,
-            lambda: paramiko_exec_loop(str(script), args.slow_jobs),
+        paired(
+            raw,
+            lambda: timed(
+                "paramiko exec_command per job", slow, lambda: paramiko_exec_loop(str(script), slow)
+            ),
+            drain,
         )
     )
-    drain()
+    peers = args.peer_jobs
     rows.append(
-        timed(
-            "submitit SlurmExecutor.submit",
-            args.peer_jobs,
-            lambda: submitit_loop(args.peer_jobs, tmp / "submitit"),
+        paired(
+            raw,
+            lambda: timed(
+                "submitit SlurmExecutor.submit",
+                peers,
+                lambda: submitit_loop(peers, tmp / "submitit"),
+            ),
+            drain,
         )
     )
-    drain()
     rows.append(
-        timed("psij slurm executor.submit", args.peer_jobs, lambda: psij_loop(args.peer_jobs))
+        paired(
+            raw, lambda: timed("psij slurm executor.submit", peers, lambda: psij_loop(peers)), drain
+        )
     )
-    drain()
     return rows
 
 
@@ -230,19 +249,29 @@ def sge_rows(args: argparse.Namespace, tmp: Path) -> list[Row]:
     def drain() -> None:
         release_all("sge")
 
-    rows = [
-        timed(
+    def raw() -> Row:
+        argv = ["qsub", "-terse", str(script)]
+        return timed(
             "raw qsub -terse loop",
             args.sge_jobs,
-            lambda: raw_loop(["qsub", "-terse", str(script)], args.sge_jobs),
+            lambda: raw_loop(argv, args.sge_jobs),
             "the limit",
         )
-    ]
+
+    rows = [raw()]
     drain()
     for name in ("sge-local", "sge-drmaa"):
         for workers in (1, 8):
-            rows.append(zbatch_submit(held(load_profile(name)), args.sge_jobs, tmp / name, workers))
-            drain()
+            profile = held(load_profile(name))
+            rows.append(
+                paired(
+                    raw,
+                    functools.partial(
+                        zbatch_submit, profile, args.sge_jobs, tmp / f"{name}-{workers}", workers
+                    ),
+                    drain,
+                )
+            )
     return rows
 
 
