@@ -102,6 +102,8 @@ DefMemPerCPU=256
 SchedulerType=sched/backfill
 SchedulerParameters=batch_sched_delay=0
 MinJobAge=300
+# Benchmarks submit thousands of trivial jobs within MinJobAge: room for their records.
+MaxJobCount=100000
 ReturnToService=2
 MailProg=/bin/true
 JobCompType=jobcomp/filetxt
