@@ -126,7 +126,8 @@ class Tracker:
     ) -> tuple[LedgerEntry, Settled] | None:
         assert entry.job_id is not None
         status = statuses.get(entry.job_id)
-        if status is not None and not status.state.final and status.raw_state != "COMPLETING":
+        # COMPLETING counts as running: settling then would miss a TIMEOUT Slurm has yet to show.
+        if status is not None and not status.state.final:
             if status.state.value != entry.state:
                 self.ledger.update(entry.key, state=status.state.value, reason=status.reason)
             return None

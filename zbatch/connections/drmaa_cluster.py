@@ -174,6 +174,7 @@ class DrmaaCluster(Cluster):
         self.local = LocalConnection(profile.connection.command_timeout_s)
         self.drmaa, self.session = _SHARED.acquire()
         self.ended: OrderedDict[str, SchedulerStatus] = OrderedDict()
+        self.terminated: set[str] = set()  # ids this session deleted (a held one leaves no trace)
         self.closed = False
 
     def submit(self, job: PreparedJob) -> str:
@@ -218,6 +219,10 @@ class DrmaaCluster(Cluster):
             try:
                 raw = str(self.session.jobStatus(job_id))
             except self.drmaa.errors.InvalidJobException:
+                if job_id in self.terminated:  # we deleted it before it ran: nothing is left
+                    found[job_id] = SchedulerStatus(
+                        job_id, JobState.CANCELLED, None, "deleted before start", "deleted"
+                    )
                 continue  # neither qmaster nor this session knows it: settled from the record
             except self.drmaa.errors.DrmaaException as exc:
                 raise SchedulerError(f"DRMAA status of {job_id}: {exc}", transient=True) from None
@@ -275,6 +280,7 @@ class DrmaaCluster(Cluster):
         for job_id in check_ids(job_ids, JOB_ID, "sge") if job_ids else []:
             try:
                 self.session.control(job_id, self.drmaa.JobControlAction.TERMINATE)
+                self.terminated.add(job_id)
             except errors.InvalidJobException:
                 log.info("job %s: already ended, nothing to cancel", job_id)
             except errors.DrmaaException as exc:
