@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 from pathlib import Path
 from typing import Any, Protocol
@@ -43,3 +44,16 @@ def wrapper_step(command: list[str], **extra: Any) -> dict[str, Any]:
     }
     node.update(extra)
     return node
+
+
+def result_records(root: Path) -> list[dict[str, Any]]:
+    """Every `zbatch wrap` result record below `root`, in path order."""
+    return [json.loads(p.read_text()) for p in sorted(root.rglob("*.result.json"))]
+
+
+def queue_bodies(root: Path, queue: str) -> list[Any]:
+    """The bodies waiting on `queue` in the one embedded queue below `root`."""
+    (db,) = root.rglob("queue.sqlite")
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT body FROM messages WHERE queue = ?", (queue,)).fetchall()
+    return [json.loads(r[0]) for r in rows]

@@ -3,25 +3,13 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import ZbatchRun, wrapper_step, write_recipe
+from tests.helpers import ZbatchRun, queue_bodies, result_records, wrapper_step, write_recipe
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-def result_records(root: Path) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in sorted(root.rglob("*.result.json"))]
-
-
-def queue_bodies(root: Path, queue: str) -> list[Any]:
-    (db,) = root.rglob("queue.sqlite")
-    with sqlite3.connect(db) as conn:
-        rows = conn.execute("SELECT body FROM messages WHERE queue = ?", (queue,)).fetchall()
-    return [json.loads(r[0]) for r in rows]
 
 
 def test_hello_example_chains_two_steps(

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +45,3 @@ def run(wrapper: Wrapper, **env: str) -> tuple[Path, Outcome]:
 
 def file_types(outcome: Outcome) -> dict[str, tuple[str, int | None]]:
     return {f.file_name: (f.file_type, f.importance_rank) for f in outcome.files}
-
-
-def result_records(root: Path) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in sorted(root.rglob("*.result.json"))]
-
-
-def queue_bodies(root: Path, queue: str) -> list[Any]:
-    (db,) = root.rglob("queue.sqlite")
-    with sqlite3.connect(db) as conn:
-        rows = conn.execute("SELECT body FROM messages WHERE queue = ?", (queue,)).fetchall()
-    return [json.loads(r[0]) for r in rows]

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import ZbatchRun, write_recipe
+from tests.helpers import ZbatchRun, queue_bodies, result_records, write_recipe
 from tests.standins.make_dataset import make_dataset
-from tests.wrappers.support import EXAMPLE, queue_bodies, result_records, standin_env
+from tests.wrappers.support import EXAMPLE, standin_env
 
 pytestmark = pytest.mark.wrappers
 
