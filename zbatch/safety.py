@@ -14,7 +14,8 @@ from zbatch.errors import ParameterError
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
 ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-PATH = re.compile(r"^/[A-Za-z0-9_./+@%,:=~-]{0,4000}$")
+# No ":" (qsub reads "-o a:b" as host:path) and nothing a shell or directive would parse.
+PATH = re.compile(r"^/[A-Za-z0-9_./+@%,=~-]{0,4000}$")
 CONSTRAINT = re.compile(r"^[A-Za-z0-9_.&|!*()\[\],:-]{1,512}$")
 ARRAY = re.compile(r"^[0-9][0-9,:%-]{0,127}$")
 RAW_ARG = re.compile(r"^[A-Za-z0-9_.,:=/@+-]{1,256}$")

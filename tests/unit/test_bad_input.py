@@ -39,6 +39,7 @@ STEP_CASES: list[tuple[str, Mutation, str]] = [
     ("workingdir relative", params(workingdir="data/run"), "must be an absolute path"),
     ("workingdir substitution", params(workingdir=f"/tmp/{TOUCH}"), "parameters.workingdir"),
     ("workingdir outside root", params(workingdir="/var/tmp/elsewhere"), "outside the profile"),
+    ("workingdir with colon", params(workingdir="/tmp/host:path"), "parameters.workingdir"),
     ("job name semicolon", cluster(job_name=f"x;touch {CANARY}"), "parameters.cluster.job_name"),
     ("partition newline", cluster(partition="debug\n#SBATCH --uid=0"), "partition"),
     ("env key injection", cluster(environment={TOUCH: "1"}), "environment variable name"),
