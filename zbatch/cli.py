@@ -42,6 +42,22 @@ def parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
     return params
 
 
+def transport_options(func: Any) -> Any:
+    """--transport pika|embedded with --rabbit-conf and --embedded-db, as every service takes."""
+    func = click.option("--rabbit-conf", metavar="FILE", help="RabbitMQ settings ([rabbit] INI).")(
+        func
+    )
+    func = click.option("--embedded-db", metavar="FILE", help="SQLite queue (embedded).")(func)
+    return click.option(
+        "--transport",
+        "kind",
+        type=click.Choice(["pika", "embedded"]),
+        default="pika",
+        show_default=True,
+        help="Which broker.",
+    )(func)
+
+
 def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 

@@ -7,27 +7,12 @@ from typing import Any
 import click
 
 from zbatch.broker import dlq_list, dlq_replay, dlq_show, setup_broker
-from zbatch.cli import echo_json
+from zbatch.cli import echo_json, transport_options
 from zbatch.recipe import Recipe
 from zbatch.transport.factory import TransportConfig, make_transport
 from zbatch.transport.pika import PikaTransport
 
 DEFAULT_QUEUES = ["cluster.submission"]
-
-
-def _transport_options(func: Any) -> Any:
-    func = click.option("--rabbit-conf", metavar="FILE", help="RabbitMQ settings ([rabbit] INI).")(
-        func
-    )
-    func = click.option("--embedded-db", metavar="FILE", help="SQLite queue (embedded).")(func)
-    return click.option(
-        "--transport",
-        "kind",
-        type=click.Choice(["pika", "embedded"]),
-        default="pika",
-        show_default=True,
-        help="Which broker.",
-    )(func)
 
 
 def _open(kind: str, embedded_db: str | None, rabbit_conf: str | None) -> Any:
@@ -89,7 +74,7 @@ def dlq() -> None:
 
 @dlq.command("list")
 @click.option("--queue", "queues", multiple=True, help="Work queue whose DLQ to count.")
-@_transport_options
+@transport_options
 def dlq_list_cmd(
     queues: tuple[str, ...], kind: str, embedded_db: str | None, rabbit_conf: str | None
 ) -> None:
@@ -112,7 +97,7 @@ def dlq_list_cmd(
 @click.argument("queue")
 @click.option("--limit", type=int, default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@_transport_options
+@transport_options
 def dlq_show_cmd(
     queue: str,
     limit: int,
@@ -153,7 +138,7 @@ def dlq_show_cmd(
 @dlq.command("replay")
 @click.argument("queue")
 @click.option("--limit", type=int, default=None, help="Replay at most this many.")
-@_transport_options
+@transport_options
 def dlq_replay_cmd(
     queue: str, limit: int | None, kind: str, embedded_db: str | None, rabbit_conf: str | None
 ) -> None:

@@ -10,6 +10,7 @@ from types import FrameType
 
 import click
 
+from zbatch.cli import transport_options
 from zbatch.cluster import cluster_for
 from zbatch.dispatcher import Dispatcher, DispatcherConfig
 from zbatch.ledger import Ledger
@@ -31,22 +32,13 @@ log = logging.getLogger(__name__)
     metavar="P",
     help="Profile name or YAML file of the cluster to submit to.",
 )
-@click.option(
-    "--transport",
-    "kind",
-    type=click.Choice(["pika", "embedded"]),
-    default="pika",
-    show_default=True,
-    help="Where step messages come from.",
-)
+@transport_options
 @click.option(
     "--queue",
     default="cluster.submission",
     show_default=True,
     help="Queue of step messages to consume.",
 )
-@click.option("--rabbit-conf", metavar="FILE", help="RabbitMQ settings ([rabbit] INI).")
-@click.option("--embedded-db", metavar="FILE", help="SQLite queue for --transport embedded.")
 @click.option(
     "--metrics-port",
     type=int,
@@ -120,16 +112,8 @@ def dispatcher(
     type=click.Path(file_okay=False, exists=True),
     help="Folder of <name>.json recipes that requests may name.",
 )
-@click.option(
-    "--transport",
-    "kind",
-    type=click.Choice(["pika", "embedded"]),
-    default="pika",
-    show_default=True,
-)
+@transport_options
 @click.option("--queue", default=QUEUE, show_default=True)
-@click.option("--rabbit-conf", metavar="FILE", help="RabbitMQ settings ([rabbit] INI).")
-@click.option("--embedded-db", metavar="FILE", help="SQLite queue for --transport embedded.")
 @click.option("--max-messages", type=int, default=None, hidden=True)
 def recipe_starter(
     recipe_dir: str,
