@@ -63,9 +63,7 @@ class CommandCluster(Cluster):
         self.connection = connection
 
     def submit(self, job: PreparedJob) -> str:
-        for path, text in job.files.items():
-            self.connection.put_file(PurePosixPath(path), text)
-        self.connection.put_file(PurePosixPath(job.paths.script), job.script, mode=0o755)
+        self.connection.put_files(job.staged_files())
         result = self.connection.run(self.scheduler.submit_argv(str(job.paths.script)))
         if result.returncode != 0:
             raise SchedulerError(

@@ -10,10 +10,11 @@ import json
 import os
 import shlex
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from zbatch import safety
+from zbatch.connections.base import FileToPut
 from zbatch.envelope import StepMessage
 from zbatch.errors import ParameterError
 from zbatch.jobs import JobPaths, JobSpec
@@ -53,6 +54,12 @@ class PreparedJob:
     paths: JobPaths
     script: str
     files: dict[Path, str] = field(default_factory=dict)
+
+    def staged_files(self) -> list[FileToPut]:
+        """What to write before submitting: the step's files, then the (executable) script."""
+        return [FileToPut(PurePosixPath(path), text) for path, text in self.files.items()] + [
+            FileToPut(PurePosixPath(self.paths.script), self.script, mode=0o755)
+        ]
 
 
 def is_wrapper_step(step: dict[str, Any]) -> bool:

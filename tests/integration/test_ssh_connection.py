@@ -17,6 +17,7 @@ from typing import Any
 import paramiko
 import pytest
 
+from zbatch.connections.base import FileToPut
 from zbatch.connections.ssh import SshConnection
 from zbatch.errors import ConnectionFailure
 from zbatch.profiles import ConnectionConfig
@@ -223,6 +224,49 @@ def test_put_file_where_it_cannot_write_is_permanent(conn: SshConnection, tmp_pa
     with pytest.raises(ConnectionFailure, match="cannot write") as caught:
         conn.put_file(PurePosixPath(blocker / "inside.txt"), "x")
     assert caught.value.transient is False
+
+
+def test_put_files_stages_many_files_in_three_round_trips(
+    conn: SshConnection, tmp_path: Path
+) -> None:
+    big = "".join(f"line {i} ünïcödé\n" for i in range(20_000))  # ~400 KB: many write chunks
+    files = [
+        FileToPut(PurePosixPath(tmp_path / "deep" / "er" / "message.json"), '{"a": 1}'),
+        FileToPut(PurePosixPath(tmp_path / "deep" / "er" / "job.sh"), "#!/bin/sh\n", 0o755),
+        FileToPut(PurePosixPath(tmp_path / "other" / "big.txt"), big),
+    ]
+    conn.put_files(files)
+    for item in files:
+        assert Path(item.path).read_text() == item.data
+        assert Path(item.path).stat().st_mode & 0o777 == item.mode
+    assert conn.read_file(files[2].path) == big  # read back in many chunks too
+    packets = conn.packets()
+    conn.put_files(files[:2])  # folders known now: opens, writes+closes, renames
+    sent, _ = conn.packets()
+    assert sent - packets[0] == 3
+    names = sorted(p.name for p in (tmp_path / "deep" / "er").iterdir())
+    assert names == ["job.sh", "message.json"]  # no temp files left
+
+
+def test_put_files_renames_nothing_unless_every_write_succeeded(
+    conn: SshConnection, tmp_path: Path
+) -> None:
+    good = tmp_path / "good"
+    good.mkdir()
+    (tmp_path / "blocked").mkdir(mode=0o500)
+    files = [
+        FileToPut(PurePosixPath(good / "message.json"), "{}"),
+        FileToPut(PurePosixPath(tmp_path / "blocked" / "job.sh"), "#!/bin/sh\n"),
+    ]
+    if os.geteuid() == 0:  # root ignores the mode: block it with a file instead of a folder
+        (tmp_path / "blocked").rmdir()
+        (tmp_path / "blocked").write_text("a file")
+    with pytest.raises(ConnectionFailure, match="blocked") as caught:
+        conn.put_files(files)
+    assert caught.value.transient is False
+    assert list(good.iterdir()) == []  # neither the final name nor a temp file
+    conn.put_files(files[:1])  # the session is still in step after the refusal
+    assert (good / "message.json").read_text() == "{}"
 
 
 # -- host keys and reachability ----------------------------------------------------------------

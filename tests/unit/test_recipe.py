@@ -122,8 +122,13 @@ def test_attribute_placeholders_do_not_reach_python_internals() -> None:
 
 def test_merge_matches_workflows() -> None:
     first = {"1": {"queue": "a", "output": {"ok": [2]}}, "2": {"queue": "b"}, "start": [[1, []]]}
-    second = {"1": {"queue": "c", "output": 2, "error": [3]}, "2": {"queue": "d"},
-              "3": {"queue": "e"}, "start": [[1, {"x": 1}]], "error": [3]}
+    second = {
+        "1": {"queue": "c", "output": 2, "error": [3]},
+        "2": {"queue": "d"},
+        "3": {"queue": "e"},
+        "start": [[1, {"x": 1}]],
+        "error": [3],
+    }
     ours = Recipe.from_json(first).merge(Recipe.from_json(second))
     theirs = WorkflowsRecipe(json.dumps(first)).merge(WorkflowsRecipe(json.dumps(second)))
     assert json.loads(json.dumps(ours.to_json())) == json.loads(theirs.serialize())

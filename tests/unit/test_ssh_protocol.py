@@ -29,7 +29,7 @@ def run_framed(
     """Feed setup + framed commands to one shell on stdin, as SshConnection does remotely."""
     names = tags(len(commands))
     script = shell_setup("ready" + TAG) + b"".join(
-        frame_command(argv, tag, sweep=i in sweep)
+        frame_command(argv, tag, i + 1, sweep=i in sweep)
         for i, (argv, tag) in enumerate(zip(commands, names, strict=True))
     )
     done = subprocess.run(
@@ -40,20 +40,29 @@ def run_framed(
 
 
 def reply(
-    returncode: int, stdout: bytes, stderr: bytes, tag: str = TAG, junk: bytes = b""
+    returncode: int,
+    stdout: bytes,
+    stderr: bytes,
+    tag: str = TAG,
+    junk: bytes = b"",
+    raw: bool = False,
 ) -> bytes:
-    """What the remote shell prints for one command (base64 wrapped like coreutils does)."""
+    """What the remote shell prints for one command: raw, or base64 wrapped like coreutils."""
 
-    def b64(data: bytes) -> bytes:
+    def encode(data: bytes) -> bytes:
+        if not data:
+            return b""
+        if raw:
+            return b"r" + data
         text = base64.b64encode(data)
-        return b"".join(text[i : i + 76] + b"\n" for i in range(0, len(text), 76))
+        return b"b\n" + b"".join(text[i : i + 76] + b"\n" for i in range(0, len(text), 76))
 
     return (
         junk
         + f"\n{tag}:rc={returncode}\n".encode()
-        + b64(stdout)
+        + encode(stdout)
         + f"\n{tag}:err\n".encode()
-        + b64(stderr)
+        + encode(stderr)
         + f"\n{tag}:end\n".encode()
     )
 
@@ -102,8 +111,7 @@ def test_exit_codes_and_separate_streams(shell: str) -> None:
 
 
 def test_output_cannot_break_the_framing(tmp_path: Path) -> None:
-    # Even with the tags known in advance (they are random in real use), output cannot end a
-    # reply early: the command's output goes to files and only travels as base64.
+    # Markers of other tags in the output, every byte value, a NUL (base64 then), 5 MB.
     fakes = "".join(f"\n{tag}:end\n\n{tag}:rc=9\n{tag}:err\n" for tag in tags(5))
     hostile = fakes.encode() + bytes(range(256)) + b"no newline at the end"
     blob = tmp_path / "blob"
@@ -126,11 +134,28 @@ def test_output_cannot_break_the_framing(tmp_path: Path) -> None:
     assert results[4].stdout == b"still in step\n"
 
 
-def test_parse_skips_junk_and_wrapped_base64() -> None:
+@pytest.mark.parametrize("raw", [False, True], ids=["base64", "raw"])
+def test_parse_skips_junk_and_decodes_both_encodings(raw: bool) -> None:
     login_noise = b"Welcome! pyenv says hi\nno newline here"
-    data = bytes(range(256)) * 3
-    assert parse_reply(reply(3, data, b"oops", junk=login_noise), TAG) == Reply(3, data, b"oops")
-    assert parse_reply(reply(0, b"", b""), TAG) == Reply(0, b"", b"")
+    data = bytes(range(256)) * 3 + b"\n\n"
+    want = Reply(3, data, b"oops\n")
+    assert parse_reply(reply(3, data, b"oops\n", junk=login_noise, raw=raw), TAG) == want
+    assert parse_reply(reply(0, b"", b"", raw=raw), TAG) == Reply(0, b"", b"")
+
+
+@pytest.mark.parametrize("shell", ["bash", "sh"])
+def test_text_output_travels_raw_from_bash_only(tmp_path: Path, shell: str) -> None:
+    # Every byte but NUL, invalid UTF-8 included, trailing newlines kept, in a UTF-8 locale.
+    data = bytes(range(1, 256)) * 3 + "ünï\n\n".encode()
+    blob = tmp_path / "blob"
+    blob.write_bytes(data)
+    names = tags(1)
+    script = shell_setup("ready" + TAG) + frame_command(["cat", str(blob)], names[0], 1)
+    env = {"PATH": os.environ["PATH"], "LC_ALL": "C.UTF-8"}
+    done = subprocess.run([shell], input=script, capture_output=True, check=True, env=env)
+    assert parse_reply(done.stdout, names[0]) == Reply(0, data, b"")
+    encoding = done.stdout.split(f"{names[0]}:rc=0\n".encode())[1][:1]
+    assert encoding == (b"r" if shell == "bash" else b"b")
 
 
 def test_parse_uses_only_its_own_tag() -> None:
@@ -147,8 +172,9 @@ def test_parse_uses_only_its_own_tag() -> None:
         reply(0, b"x", b"").replace(f"{TAG}:rc=0".encode(), f"{TAG}:rc=zero".encode()),
         reply(0, b"x", b"").replace(b"eA==", b"e!A="),  # not base64
         reply(0, b"x", b"").replace(f"\n{TAG}:err\n".encode(), b"\n"),
+        reply(0, b"x", b"", raw=True).replace(b"rx", b"zx"),  # neither raw nor base64
     ],
-    ids=["incomplete", "bad-rc", "bad-base64", "no-err-marker"],
+    ids=["incomplete", "bad-rc", "bad-base64", "no-err-marker", "bad-encoding"],
 )
 def test_parse_rejects_mangled_replies(buf: bytes) -> None:
     with pytest.raises(ValueError, match="reply"):
@@ -161,15 +187,18 @@ def test_parse_rejects_mangled_replies(buf: bytes) -> None:
 )
 def test_frame_refuses_what_no_exec_can_run(argv: list[str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        frame_command(argv, TAG)
+        frame_command(argv, TAG, 1)
 
 
 def test_frame_is_one_line_with_the_tag_and_no_unquoted_input() -> None:
-    line = frame_command(["echo", "a\nb", "$(x)"], TAG)
+    line = frame_command(["echo", "a\nb", "$(x)"], TAG, 7)
     assert line.endswith(b"\n") and line.count(b"\n") == 2  # the quoted newline, then the end
     assert b"'a\nb' '$(x)'" in line
-    assert line.count(TAG.encode()) == 9  # 3 markers, 3 mentions of each output file
-    assert not line.startswith(b"rm") and frame_command(["true"], TAG, sweep=True).startswith(b"rm")
+    # The tag is only handed to the reply printer: the output files, which the command can
+    # see through /proc/self/fd, are named by the sequence number.
+    assert line.count(TAG.encode()) == 1 and b'"$d/7.o"' in line and b'"$d/7.e"' in line
+    swept = frame_command(["true"], TAG, 1, sweep=True)
+    assert not line.startswith(b"rm") and swept.startswith(b"rm")
 
 
 def test_background_child_cannot_leak_into_the_next_command() -> None:
@@ -190,7 +219,14 @@ def test_sweep_deletes_old_output_files(tmp_path: Path) -> None:
         sweep={3},
         env={"TMPDIR": str(tmp_path), "PATH": os.environ["PATH"]},
     )
-    names = tags(4)
-    assert results[2].stdout.split() == sorted(f"{n}.{x}".encode() for n in names[:3] for x in "eo")
-    assert results[3].stdout.split() == [f"{names[3]}.e".encode(), f"{names[3]}.o".encode()]
+    assert results[2].stdout.split() == sorted(f"{n}.{x}".encode() for n in (1, 2, 3) for x in "eo")
+    assert results[3].stdout.split() == [b"4.e", b"4.o"]
     assert list(tmp_path.iterdir()) == []  # the shell removed its folder on exit
+
+
+def test_a_command_cannot_see_the_tag() -> None:
+    # Raw output is only safe if the command cannot learn the tag to forge a marker.
+    spy = "readlink /proc/self/fd/1 /proc/self/fd/2; env; tr '\\0' ' ' </proc/$PPID/cmdline"
+    (result,) = run_framed([["sh", "-c", spy]])
+    assert result.returncode == 0 and b"/1.o" in result.stdout
+    assert TAG[:-2].encode() not in result.stdout + result.stderr

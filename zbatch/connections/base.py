@@ -21,6 +21,13 @@ class CommandResult:
         return f"{self.argv[0]} exited {self.returncode}: {tail}"
 
 
+@dataclass(frozen=True)
+class FileToPut:
+    path: PurePosixPath
+    data: str
+    mode: int = 0o644
+
+
 class Connection(ABC):
     """Runs commands and moves files on one host. Thread-safety: one caller at a time."""
 
@@ -31,6 +38,11 @@ class Connection(ABC):
     @abstractmethod
     def put_file(self, path: PurePosixPath, data: str, mode: int = 0o644) -> None:
         """Write `data` to `path` atomically (write, then rename), creating parent folders."""
+
+    def put_files(self, files: Sequence[FileToPut]) -> None:
+        """put_file for each; connections with round trips to save send them together."""
+        for item in files:
+            self.put_file(item.path, item.data, item.mode)
 
     @abstractmethod
     def read_file(self, path: PurePosixPath) -> str | None:

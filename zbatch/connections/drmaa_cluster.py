@@ -178,9 +178,7 @@ class DrmaaCluster(Cluster):
         self.closed = False
 
     def submit(self, job: PreparedJob) -> str:
-        for path, text in job.files.items():
-            self.local.put_file(PurePosixPath(path), text)
-        self.local.put_file(PurePosixPath(job.paths.script), job.script, mode=0o755)
+        self.local.put_files(job.staged_files())
         attributes, native = split_directives(job.script)
         values = {
             "workingDirectory": job.spec.workdir,

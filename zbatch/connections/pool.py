@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import PurePosixPath
 
-from zbatch.connections.base import CommandResult, Connection
+from zbatch.connections.base import CommandResult, Connection, FileToPut
 
 
 class ConnectionPool(Connection):
@@ -52,6 +52,10 @@ class ConnectionPool(Connection):
     def put_file(self, path: PurePosixPath, data: str, mode: int = 0o644) -> None:
         with self._borrow() as connection:
             connection.put_file(path, data, mode)
+
+    def put_files(self, files: Sequence[FileToPut]) -> None:
+        with self._borrow() as connection:
+            connection.put_files(files)
 
     def read_file(self, path: PurePosixPath) -> str | None:
         with self._borrow() as connection:

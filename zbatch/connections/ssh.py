@@ -2,10 +2,12 @@
 
 Every command sshd runs starts the user's login shell, and real login scripts are slow
 (150-170 ms here), so a connection keeps ONE remote shell open and feeds it one framed line
-per command. Each command runs as `( exec ARGV ) </dev/null >"$d/TAG.o" 2>"$d/TAG.e"`; the
-shell then prints the exit code and both files in base64 between markers carrying the random
-TAG (`frame_command` / `parse_reply`). The command's own output never reaches the channel,
-and base64 cannot contain a marker, so no output can break the framing.
+per command. Each command runs as `( exec ARGV ) </dev/null >"$d/N.o" 2>"$d/N.e"`; the shell
+then prints the exit code and both files between markers carrying a random TAG
+(`frame_command` / `parse_reply`). Output travels raw when bash can read it with its `read`
+builtin (no process spawned), as base64 otherwise (a NUL byte, or a shell other than bash).
+The command's own output never reaches the channel, and the files are named by a counter,
+not by the tag, so a command cannot learn the tag and cannot forge a marker.
 """
 
 from __future__ import annotations
@@ -24,12 +26,13 @@ from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import paramiko
 import tenacity
 
-from zbatch.connections.base import CommandResult, Connection
+from zbatch.connections.base import CommandResult, Connection, FileToPut
+from zbatch.connections.sftp_wire import SftpSession
 from zbatch.errors import ConnectionFailure
 from zbatch.profiles import ConnectionConfig
 
@@ -49,11 +52,11 @@ class Reply:
     stderr: bytes
 
 
-def frame_command(argv: Sequence[str], tag: str, sweep: bool = False) -> bytes:
+def frame_command(argv: Sequence[str], tag: str, seq: int, sweep: bool = False) -> bytes:
     """One shell line running argv (no shell syntax of the caller's) and framing its result.
 
-    Output files are named after the tag, so a stray background child still writing to its
-    file cannot leak into a later command's output; `sweep` deletes the old ones (a fork)."""
+    Output files are named by `seq`, so a stray background child still writing to its file
+    cannot leak into a later command's output; `sweep` deletes the old ones (a fork)."""
     if not argv:
         raise ValueError("cannot run an empty argument list")
     if any("\0" in arg for arg in argv):
@@ -64,27 +67,55 @@ def frame_command(argv: Sequence[str], tag: str, sweep: bool = False) -> bytes:
         raise ValueError(f"{argv[0]!r}: a program name cannot start with '-'")
     # shlex.join quotes every word, so keywords (`if`), `;`, `$(..)` and newlines stay literal;
     # `exec` in a subshell runs a program like subprocess does: no builtins, no shell state.
-    out, err = f'"$d/{tag}.o"', f'"$d/{tag}.e"'
+    out, err = f'"$d/{seq:d}.o"', f'"$d/{seq:d}.e"'
     return (
         ('rm -f "$d"/*; ' if sweep else "")
-        + f"( exec {shlex.join(argv)} ) </dev/null >{out} 2>{err}; "
-        + f"printf '\\n%s:rc=%d\\n' {tag} $?; [ -s {out} ] && base64 <{out}; "
-        + f"printf '\\n%s:err\\n' {tag}; [ -s {err} ] && base64 <{err}; "
-        + f"printf '\\n%s:end\\n' {tag}\n"
+        + f"( exec {shlex.join(argv)} ) </dev/null >{out} 2>{err}; _zb_reply {tag} $? {out} {err}\n"
     ).encode()
 
 
+# `_zb_reply TAG RC OUT ERR` prints the reply. Each output is nothing (empty file), `r` and
+# the raw bytes, or `b` and base64. bash's `read -d ''` reads a file without a process and
+# stops at a NUL (status 0): only then is base64 needed. bash prints the reply with one
+# printf, so it leaves in one packet; plain sh uses base64 and several writes.
+_REPLY_BASH = (
+    '_zb_out() { _zb_m=; _zb_v=; [ -s "$1" ] || return 0; '
+    'if IFS= read -r -d \'\' _zb_v <"$1"; then _zb_m=b; _zb_v=$(base64 <"$1"); '
+    "else _zb_m=r; fi; }; "
+    '_zb_reply() { local om ov; _zb_out "$3"; om=$_zb_m ov=$_zb_v; _zb_out "$4"; '
+    "printf '\\n%s:rc=%d\\n%s%s\\n%s:err\\n%s%s\\n%s:end\\n' "
+    '"$1" "$2" "$om" "$ov" "$1" "$_zb_m" "$_zb_v" "$1"; }'
+)
+_REPLY_SH = (
+    '_zb_out() { [ -s "$1" ] || return 0; printf \'b\\n\'; base64 <"$1"; }; '
+    '_zb_reply() { printf \'\\n%s:rc=%d\\n\' "$1" "$2"; _zb_out "$3"; '
+    'printf \'\\n%s:err\\n\' "$1"; _zb_out "$4"; printf \'\\n%s:end\\n\' "$1"; }'
+)
+
+
 def shell_setup(tag: str) -> bytes:
-    """The first line for a new shell: a private temp dir, then an empty reply as 'ready'."""
+    """The first line for a new shell: a private temp dir and the output printer, then an
+    empty reply as 'ready'."""
     return (
         'd=$(mktemp -d "${TMPDIR:-/tmp}/zbatch-ssh.XXXXXX") || exit 1; '
         "trap 'rm -rf \"$d\"' EXIT; trap exit HUP PIPE TERM; "
+        f'if [ -n "${{BASH_VERSION:-}}" ]; then {_REPLY_BASH}; else {_REPLY_SH}; fi; '
         f"printf '\\n%s:rc=0\\n\\n%s:err\\n\\n%s:end\\n' {tag} {tag} {tag}\n"
     ).encode()
 
 
 def end_marker(tag: str) -> bytes:
     return f"\n{tag}:end\n".encode()
+
+
+def _decode_output(region: bytes) -> bytes:
+    if not region:
+        return b""
+    if region[:1] == b"r":
+        return region[1:]
+    if region[:1] == b"b":
+        return base64.b64decode(b"".join(region[1:].split()), validate=True)
+    raise ValueError(f"unknown output encoding {region[:1]!r}")
 
 
 def parse_reply(buf: bytes, tag: str) -> Reply:
@@ -98,8 +129,8 @@ def parse_reply(buf: bytes, tag: str) -> Reply:
     rc_end = buf.find(b"\n", begin + len(rc_mark), mid + 1)
     try:
         returncode = int(buf[begin + len(rc_mark) : rc_end])
-        stdout = base64.b64decode(b"".join(buf[rc_end:mid].split()), validate=True)
-        stderr = base64.b64decode(b"".join(buf[mid + len(err_mark) : end].split()), validate=True)
+        stdout = _decode_output(buf[rc_end + 1 : mid])
+        stderr = _decode_output(buf[mid + len(err_mark) : end])
     except (ValueError, binascii.Error) as exc:
         raise ValueError(f"reply {tag} is mangled: {exc}") from None
     return Reply(returncode, stdout, stderr)
@@ -132,8 +163,6 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
         )
 
 
-# New files get 0644 from sftp-server's usual umask; other modes cost one chmod round trip.
-DEFAULT_FILE_MODE = 0o644
 KNOWN_DIRS = 4096
 
 
@@ -152,7 +181,7 @@ class SshConnection(Connection):
             _HostKeyPolicy(self.where, self.known_hosts, config.accept_unknown_hosts)
         )
         self._shell: paramiko.Channel | None = None
-        self._sftp: paramiko.SFTPClient | None = None
+        self._sftp: SftpSession | None = None
         self._lock = threading.Lock()
         self._commands = itertools.count(1)
         self._known_dirs: dict[PurePosixPath, None] = {}  # insertion-ordered, bounded
@@ -160,8 +189,8 @@ class SshConnection(Connection):
     # -- public API -------------------------------------------------------------------------
     def run(self, argv: Sequence[str], timeout: float | None = None) -> CommandResult:
         limit = timeout or self.config.command_timeout_s
-        tag = secrets.token_hex(16)
-        line = frame_command(argv, tag, sweep=next(self._commands) % SWEEP_EVERY == 0)
+        tag, seq = secrets.token_hex(16), next(self._commands)
+        line = frame_command(argv, tag, seq, sweep=seq % SWEEP_EVERY == 0)
         with self._lock:
             shell = self._with_reconnect(lambda: self._send(line))
             try:
@@ -180,37 +209,42 @@ class SshConnection(Connection):
         return CommandResult(list(argv), reply.returncode, out, err)
 
     def put_file(self, path: PurePosixPath, data: str, mode: int = 0o644) -> None:
-        def write(sftp: paramiko.SFTPClient) -> None:
-            # Each SFTP call is a round trip: skip the folder check for folders made already.
-            if path.parent not in self._known_dirs:
-                _makedirs(sftp, path.parent)
-                self._known_dirs[path.parent] = None
-                if len(self._known_dirs) > KNOWN_DIRS:
-                    self._known_dirs.pop(next(iter(self._known_dirs)))
-            temp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
-            try:
-                with sftp.open(temp, "wb") as handle:
-                    handle.set_pipelined(True)  # the close confirms the writes
-                    handle.write(data.encode())
-                if mode != DEFAULT_FILE_MODE:  # before the rename: the final name never has others
-                    sftp.chmod(temp, mode)
-                sftp.posix_rename(temp, str(path))
-            except BaseException:
-                with suppress(*_LINK_ERRORS):
-                    sftp.remove(temp)
-                raise
+        self.put_files([FileToPut(path, data, mode)])
 
-        self._file_op(f"write {path}", write, permanent=True)
+    def put_files(self, files: Sequence[FileToPut]) -> None:
+        """Write-then-rename over SFTP, all files in three round trips (`sftp_wire`). The mode
+        is given to open(2), so the server's umask may clear bits of it."""
+
+        def write(sftp: SftpSession) -> None:
+            # A round trip saved per job: skip the folder check for folders made already.
+            for folder in dict.fromkeys(item.path.parent for item in files):
+                if folder not in self._known_dirs:
+                    sftp.makedirs(folder)
+                    self._known_dirs[folder] = None
+                    if len(self._known_dirs) > KNOWN_DIRS:
+                        self._known_dirs.pop(next(iter(self._known_dirs)))
+            sftp.put_files(files)
+
+        where = ", ".join(str(item.path) for item in files)
+        self._file_op(f"write {where}", write, permanent=True)
 
     def read_file(self, path: PurePosixPath) -> str | None:
-        def read(sftp: paramiko.SFTPClient) -> str | None:
-            try:
-                with sftp.open(str(path), "rb") as handle:
-                    return handle.read().decode(errors="replace")
-            except FileNotFoundError:
-                return None
+        def read(sftp: SftpSession) -> str | None:
+            data = sftp.read(path)
+            return None if data is None else data.decode(errors="replace")
 
         return self._file_op(f"read {path}", read, permanent=False)
+
+    def packets(self) -> tuple[int, int]:
+        """SSH packets sent and received so far on the current link (for tests and tuning)."""
+        transport = self._transport()
+        if transport is None:
+            return (0, 0)
+        counters = transport.packetizer
+        # paramiko counts packets for its rekeying, under name-mangled attributes.
+        sent = getattr(counters, "_Packetizer__sent_packets", 0)
+        received = getattr(counters, "_Packetizer__received_packets", 0)
+        return int(sent), int(received)
 
     def close(self) -> None:
         with self._lock:
@@ -264,6 +298,7 @@ class SshConnection(Connection):
                 auth_timeout=cfg.connect_timeout_s,
                 allow_agent=key_file is None,
                 look_for_keys=key_file is None,
+                transport_factory=_transport_preferring_aead,
             )
         except paramiko.BadHostKeyException as exc:
             self._client.close()
@@ -355,23 +390,24 @@ class SshConnection(Connection):
             self._shell = None
 
     # -- files ------------------------------------------------------------------------------
-    def _open_sftp(self) -> paramiko.SFTPClient:
-        channel = self._sftp.get_channel() if self._sftp is not None else None
-        if self._sftp is not None and channel and not channel.closed and self._transport():
+    def _open_sftp(self) -> SftpSession:
+        if self._sftp is not None and not self._sftp.closed and self._transport():
             return self._sftp
         self._drop_sftp()
-        self._connect()
+        transport = self._connect()
+        channel: paramiko.Channel | None = None
         try:
-            self._sftp = self._client.open_sftp()
-        except _LINK_ERRORS as exc:
-            raise _NotSent(ConnectionFailure(f"cannot open sftp on {self.where}: {exc}")) from None
-        self.channels_opened += 1
-        channel = self._sftp.get_channel()
-        if channel is not None:
+            channel = transport.open_session(timeout=self.config.connect_timeout_s)
+            self.channels_opened += 1
             channel.settimeout(self.config.command_timeout_s)
+            self._sftp = SftpSession(channel)
+        except (*_LINK_ERRORS, ValueError) as exc:
+            if channel is not None:
+                channel.close()
+            raise _NotSent(ConnectionFailure(f"cannot open sftp on {self.where}: {exc}")) from None
         return self._sftp
 
-    def _file_op(self, what: str, op: Callable[[paramiko.SFTPClient], T], permanent: bool) -> T:
+    def _file_op(self, what: str, op: Callable[[SftpSession], T], permanent: bool) -> T:
         """File operations are idempotent, so they are retried after any drop."""
 
         def attempt() -> T:
@@ -398,16 +434,17 @@ class SshConnection(Connection):
             self._sftp = None
 
 
-def _makedirs(sftp: paramiko.SFTPClient, folder: PurePosixPath) -> None:
-    """mkdir -p over SFTP, trying the folder itself first (one round trip when only it is new).
-    A failed mkdir (or a lost race) is left for the write to report."""
-    try:
-        sftp.mkdir(str(folder))
-        return
-    except FileNotFoundError:  # a parent is missing too
-        if folder.parent != folder:
-            _makedirs(sftp, folder.parent)
-    except OSError:
-        return  # it exists (or cannot be made: the write will say so)
-    with suppress(OSError):
-        sftp.mkdir(str(folder))
+# AES-GCM first: paramiko checks every other cipher's MAC with a byte-by-byte Python loop
+# (constant_time_bytes_eq), the largest cost of a small packet; GCM's tag is checked in C.
+_AEAD_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+
+
+def _transport_preferring_aead(sock: Any, /, **kwargs: Any) -> paramiko.Transport:
+    transport = paramiko.Transport(sock, **kwargs)
+    options = transport.get_security_options()
+    offered = tuple(options.ciphers)
+    options.ciphers = (
+        *(c for c in _AEAD_CIPHERS if c in offered),
+        *(c for c in offered if c not in _AEAD_CIPHERS),
+    )
+    return transport
