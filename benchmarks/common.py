@@ -25,6 +25,8 @@ class Row:
     seconds: float
     note: str = ""
     baseline: float | None = None  # raw-loop jobs/s measured just before this method
+    spread: tuple[float, float] | None = None  # lowest and highest ratio over the rounds
+    rounds: int = 1
 
     @property
     def rate(self) -> float:
@@ -47,20 +49,36 @@ def table(rows: list[Row], baseline: Row) -> str:
     for row in rows:
         raw = row.baseline or baseline.rate
         ratio = row.rate / raw if raw else 0.0
+        note = row.note
+        if row.spread is not None:
+            low, high = row.spread
+            note = f"{note}; median of {row.rounds} rounds ({low:.2f}x-{high:.2f}x)".lstrip("; ")
         lines.append(
-            f"| {row.method} | {row.jobs} | {row.rate:.1f} | {raw:.1f} | {ratio:.2f}x "
-            f"| {row.note} |"
+            f"| {row.method} | {row.jobs} | {row.rate:.1f} | {raw:.1f} | {ratio:.2f}x | {note} |"
         )
     return "\n".join(lines)
 
 
-def paired(raw: Callable[[], Row], method: Callable[[], Row], drain: Callable[[], None]) -> Row:
-    """Run the raw loop, then the method, so the method's ratio uses a baseline of its moment."""
-    baseline = raw()
-    drain()
-    row = method()
-    drain()
-    row.baseline = baseline.rate
+def paired(
+    raw: Callable[[], Row],
+    method: Callable[[], Row],
+    drain: Callable[[], None],
+    rounds: int = 1,
+) -> Row:
+    """Run the raw loop, then the method, so the method's ratio uses a baseline of its moment;
+    with several rounds, the round with the median ratio is shown, with the range."""
+    measured: list[tuple[float, Row]] = []
+    for _ in range(rounds):
+        baseline = raw()
+        drain()
+        row = method()
+        drain()
+        row.baseline = baseline.rate
+        measured.append((row.rate / baseline.rate if baseline.rate else 0.0, row))
+    measured.sort(key=lambda pair: pair[0])
+    row = measured[len(measured) // 2][1]
+    if rounds > 1:
+        row.spread, row.rounds = (measured[0][0], measured[-1][0]), rounds
     return row
 
 

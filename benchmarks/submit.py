@@ -1,21 +1,25 @@
 """Submission throughput and tracking cost against the real single-node Slurm and SGE.
 
     python benchmarks/submit.py [--jobs N] [--slow-jobs M] [--track-jobs K] [--sge-jobs S]
+                                [--drmaa-jobs D] [--rounds R] [--only slurm|sge|track]
 
 Prints markdown tables: jobs/s per method and the ratio to the raw scheduler loop measured in
-the same run. Needs `scripts/services/up all` and `pip install -e .[bench]` (submitit, psij).
+the same run, right before the method; methods with a target run R such pairs (the median is
+shown, with the range). Needs `scripts/services/up all` and `pip install -e .[bench]`
+(submitit, psij).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -146,6 +150,7 @@ def slurm_rows(args: argparse.Namespace, tmp: Path) -> list[Row]:
                         zbatch_submit, profile, args.jobs, tmp / f"{name}-{workers}", workers
                     ),
                     drain,
+                    args.rounds,
                 )
             )
     slow = args.slow_jobs
@@ -167,6 +172,7 @@ def slurm_rows(args: argparse.Namespace, tmp: Path) -> list[Row]:
                 "paramiko exec_command per job", slow, lambda: paramiko_exec_loop(str(script), slow)
             ),
             drain,
+            args.rounds,
         )
     )
     peers = args.peer_jobs
@@ -239,6 +245,36 @@ def tracking_row(count: int, tmp: Path) -> str:
     )
 
 
+# The test cluster runs SGE's scheduler every second (and 1 s after each submission or end),
+# so tests see jobs start at once; while it runs, qmaster holds submissions back for a second.
+# SGE's own defaults schedule every 15 s and flush nothing: both timings are measured.
+SGE_TIMINGS = {
+    "test cluster: scheduler every 1 s": ("0:0:1", "1"),
+    "SGE defaults: scheduler every 15 s": ("0:0:15", "0"),
+}
+
+
+@contextlib.contextmanager
+def sge_scheduler_timing(interval: str, flush: str, tmp: Path) -> Iterator[None]:
+    """Set schedule_interval and flush_submit/finish_sec for a while, then restore them."""
+    saved = tmp / "sched_conf.saved"
+    saved.write_text(
+        subprocess.run(["qconf", "-ssconf"], capture_output=True, text=True, check=True).stdout
+    )
+    values = {"schedule_interval": interval, "flush_submit_sec": flush, "flush_finish_sec": flush}
+    lines = []
+    for line in saved.read_text().splitlines():
+        key = line.split(maxsplit=1)[0] if line.strip() else ""
+        lines.append(f"{key} {values[key]}" if key in values else line)
+    changed = tmp / "sched_conf.bench"
+    changed.write_text("\n".join(lines) + "\n")
+    subprocess.run(["qconf", "-Msconf", str(changed)], capture_output=True, check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["qconf", "-Msconf", str(saved)], capture_output=True, check=True)
+
+
 def sge_rows(args: argparse.Namespace, tmp: Path) -> list[Row]:
     script = tmp / "raw-sge.sh"
     script.write_text(
@@ -267,9 +303,14 @@ def sge_rows(args: argparse.Namespace, tmp: Path) -> list[Row]:
                 paired(
                     raw,
                     functools.partial(
-                        zbatch_submit, profile, args.sge_jobs, tmp / f"{name}-{workers}", workers
+                        zbatch_submit,
+                        profile,
+                        args.drmaa_jobs if name == "sge-drmaa" else args.sge_jobs,
+                        tmp / f"{name}-{workers}",
+                        workers,
                     ),
                     drain,
+                    args.rounds,
                 )
             )
     return rows
@@ -281,7 +322,13 @@ def main() -> None:
     parser.add_argument("--slow-jobs", type=int, default=30, help="jobs per ssh-per-job method")
     parser.add_argument("--peer-jobs", type=int, default=100, help="jobs for submitit and psij")
     parser.add_argument("--track-jobs", type=int, default=2000, help="jobs tracked to completion")
-    parser.add_argument("--sge-jobs", type=int, default=100, help="jobs per SGE method")
+    parser.add_argument("--sge-jobs", type=int, default=100, help="jobs per qsub method")
+    # DRMAA submits in ~2 ms but qmaster stalls a request for 1 s now and then: a run long
+    # enough to include its share of stalls, not 0.2 s that one stall can triple.
+    parser.add_argument("--drmaa-jobs", type=int, default=1000, help="jobs per DRMAA method")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="raw/method pairs per targeted method (median)"
+    )
     parser.add_argument("--only", choices=["slurm", "sge", "track"], default=None)
     args = parser.parse_args()
     ensure_sge_env()
@@ -293,8 +340,10 @@ def main() -> None:
         if args.only in (None, "track"):
             print(tracking_row(args.track_jobs, tmp) + "\n")
         if args.only in (None, "sge"):
-            rows = sge_rows(args, tmp)
-            print("### SGE submission\n\n" + table(rows, rows[0]) + "\n")
+            for timing, (interval, flush) in SGE_TIMINGS.items():
+                with sge_scheduler_timing(interval, flush, tmp):
+                    rows = sge_rows(args, tmp)
+                print(f"### SGE submission ({timing})\n\n" + table(rows, rows[0]) + "\n")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

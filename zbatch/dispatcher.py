@@ -239,6 +239,8 @@ class Dispatcher:
         return "dead-lettered"
 
     def _notify_submitted(self, message: StepMessage, entry: LedgerEntry) -> None:
+        if not message.destinations("job_submitted"):
+            return  # nobody listens: no ledger round trip (it waits behind workers' commits)
         # Read afresh: a duplicate settled after its twin carries a stale snapshot.
         entry = self.ledger.get(entry.key) or entry
         if entry.reported & NOTIFIED_SUBMITTED:

@@ -100,16 +100,29 @@ class Ledger:
         )
         self.lock = threading.RLock()
         self.db.execute("PRAGMA journal_mode=WAL")
+        # Only a claim must survive a power cut (it is what stops a redelivered step from being
+        # submitted twice), so only claims wait for fsync; other writes reach the disk with the
+        # next claim, and any of them lost is rebuilt from the claim and the job's marker.
+        self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
 
     def close(self) -> None:
         self.db.close()
 
-    def _run(self, sql: str, args: Sequence[Any] = ()) -> tuple[int, list[tuple[Any, ...]]]:
-        """One statement under the lock: (rows changed, rows returned)."""
+    def _run(
+        self, sql: str, args: Sequence[Any] = (), durable: bool = False
+    ) -> tuple[int, list[tuple[Any, ...]]]:
+        """One statement under the lock: (rows changed, rows returned). `durable`: on disk
+        (fsync) when this returns, with every write before it."""
         with self.lock:
-            cursor = self.db.execute(sql, args)
-            return cursor.rowcount, cursor.fetchall()
+            if durable:
+                self.db.execute("PRAGMA synchronous=FULL")
+            try:
+                cursor = self.db.execute(sql, args)
+                return cursor.rowcount, cursor.fetchall()
+            finally:
+                if durable:
+                    self.db.execute("PRAGMA synchronous=NORMAL")
 
     def claim(self, key: str, **fields: Any) -> LedgerEntry | None:
         """Record a step before submitting it; returns the existing entry if already claimed."""
@@ -120,6 +133,7 @@ class Ledger:
         changed, _ = self._run(
             f"INSERT OR IGNORE INTO jobs ({columns}) VALUES ({marks})",  # noqa: S608 - fixed names
             tuple(row.values()),
+            durable=True,
         )
         return None if changed == 1 else self.get(key)
 

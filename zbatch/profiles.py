@@ -46,8 +46,9 @@ class ConnectionConfig(_Strict):
     connect_timeout_s: float = Field(default=10, gt=0)
     command_timeout_s: float = Field(default=60, gt=0)
     remote_shell: str = "bash"
-    # SSH connections opened at most, each with its own remote shell, for concurrent commands.
-    pool_size: int = Field(default=4, ge=1, le=64)
+    # SSH connections opened at most, each with its own remote shell, for concurrent commands:
+    # as many as the dispatcher's default --workers, so no submission waits for a shell.
+    pool_size: int = Field(default=8, ge=1, le=64)
 
 
 class Defaults(_Strict):
