@@ -40,8 +40,13 @@ def setup(tmp_path: Path, make_profile: Any) -> tuple[Dispatcher, EmbeddedTransp
     return dispatcher, transport
 
 
-def recipe_message(command: list[str], work: Path) -> StepMessage:
-    step = wrapper_step(command, output={"job_submitted": 2, "failure": 3, "success": 4})
+def recipe_message(
+    command: list[str], work: Path, output: dict[str, Any] | None = None
+) -> StepMessage:
+    step = wrapper_step(
+        command,
+        output={"job_submitted": 2, "failure": 3, "success": 4} if output is None else output,
+    )
     step["parameters"]["workingdir"] = str(work)
     recipe = Recipe.from_json(
         {
@@ -84,6 +89,22 @@ def test_redelivered_step_is_not_submitted_twice(setup: Any, work_root: Path) ->
     dispatcher.serve(threading.Event(), max_messages=3)
     assert dispatcher.outcomes == {"submitted": 1, "duplicate": 2}
     assert len(drain(transport, "submitted")) == 1
+
+
+def test_a_step_without_job_submitted_output_is_acked_without_notice(
+    setup: Any, work_root: Path
+) -> None:
+    dispatcher, transport = setup
+    message = recipe_message(
+        ["true"], work_root / "c", output={"failure": 3, "success": 4, "unused": 2}
+    )
+    transport.send_step(message)
+    dispatcher.serve(threading.Event(), max_messages=1)
+    assert dispatcher.outcomes == {"submitted": 1}
+    assert transport.depth("cluster.submission") == 0
+    entry = dispatcher.ledger.get(step_key(message))
+    assert entry is not None and entry.job_id and entry.reported == 0
+    assert drain(transport, "submitted") == []
 
 
 BAD_BODIES: list[tuple[bytes, dict[str, Any], str]] = [
