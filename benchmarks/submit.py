@@ -70,8 +70,10 @@ def raw_loop(argv: list[str], count: int) -> None:
 
 
 def zbatch_submit(profile: Profile, count: int, workdir: Path, workers: int = 1) -> Row:
-    """Render, stage and submit `count` steps; `workers` at once, as the dispatcher does."""
+    """Render, stage and submit `count` steps; `workers` at once, as the dispatcher does.
+    Connections are opened before the clock starts, as the dispatcher opens them at start."""
     cluster = cluster_for(profile)
+    cluster.warm_up()
     messages = step_messages(count, workdir)
 
     def one(message: StepMessage) -> str:
@@ -92,14 +94,18 @@ def zbatch_submit(profile: Profile, count: int, workdir: Path, workers: int = 1)
     return row
 
 
-def paramiko_exec_loop(script: str, count: int) -> None:
+def paramiko_client() -> paramiko.SSHClient:
     client = paramiko.SSHClient()
     client.load_host_keys(KNOWN_HOSTS)
     client.connect("127.0.0.1", 2222, "root", key_filename=KEY)
+    return client
+
+
+def paramiko_exec_loop(client: paramiko.SSHClient, script: str, count: int) -> None:
+    """One exec_command per job over one open connection (connected before the clock)."""
     for _ in range(count):
         _, stdout, _ = client.exec_command(f"sbatch --parsable {script}")
         stdout.channel.recv_exit_status()
-    client.close()
 
 
 def submitit_loop(count: int, folder: Path) -> None:
@@ -165,16 +171,20 @@ def slurm_rows(args: argparse.Namespace, tmp: Path) -> list[Row]:
             drain,
         )
     )
+    client = paramiko_client()
     rows.append(
         paired(
             raw,
             lambda: timed(
-                "paramiko exec_command per job", slow, lambda: paramiko_exec_loop(str(script), slow)
+                "paramiko exec_command per job",
+                slow,
+                lambda: paramiko_exec_loop(client, str(script), slow),
             ),
             drain,
             args.rounds,
         )
     )
+    client.close()
     peers = args.peer_jobs
     rows.append(
         paired(
@@ -193,6 +203,22 @@ def slurm_rows(args: argparse.Namespace, tmp: Path) -> list[Row]:
         )
     )
     return rows
+
+
+def ssh_versus_exec(rows: list[Row]) -> str:
+    """zbatch over SSH against one exec_command per job: straight, and with each rate first
+    divided by the raw loop measured right before it (the machine's speed drifts)."""
+    zbatch = next(r for r in rows if r.method.startswith("zbatch ssh") and "8 at once" in r.method)
+    execs = next(r for r in rows if r.method.startswith("paramiko exec"))
+    straight = zbatch.rate / execs.rate
+    normalised = (zbatch.rate / (zbatch.baseline or zbatch.rate)) / (
+        execs.rate / (execs.baseline or execs.rate)
+    )
+    return (
+        f"zbatch ssh (8 at once) vs paramiko exec_command per job: {straight:.1f}x "
+        f"({zbatch.rate:.1f} vs {execs.rate:.1f} jobs/s); {normalised:.1f}x with each rate "
+        "divided by its raw loop."
+    )
 
 
 class CountingConnection(LocalConnection):
@@ -337,6 +363,7 @@ def main() -> None:
         if args.only in (None, "slurm"):
             rows = slurm_rows(args, tmp)
             print("### Slurm submission\n\n" + table(rows, rows[0]) + "\n")
+            print(ssh_versus_exec(rows) + "\n")
         if args.only in (None, "track"):
             print(tracking_row(args.track_jobs, tmp) + "\n")
         if args.only in (None, "sge"):

@@ -13,6 +13,7 @@ import click
 from zbatch.cli import transport_options
 from zbatch.cluster import cluster_for
 from zbatch.dispatcher import Dispatcher, DispatcherConfig
+from zbatch.errors import ZbatchError
 from zbatch.ledger import Ledger
 from zbatch.metrics import DispatcherMetrics, StatusServer
 from zbatch.profiles import load_profile
@@ -96,6 +97,10 @@ def dispatcher(
         server.start()
         click.echo(f"status endpoints on http://127.0.0.1:{server.port}/", err=True)
     try:
+        try:
+            cluster.warm_up()
+        except ZbatchError as exc:  # not fatal: steps are retried, then dead-lettered
+            log.warning("cannot reach the cluster of profile %s yet: %s", profile.name, exc)
         service.serve(stop, max_messages)
     finally:
         transport.disconnect()

@@ -50,6 +50,9 @@ class Cluster(ABC):
         text = self.read_text(PurePosixPath(paths.exit_record))
         return ExitRecord.parse(text) if text else None
 
+    def warm_up(self) -> None:  # noqa: B027 - optional hook
+        """Open connections before the first job needs them; raises ZbatchError if unreachable."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
@@ -106,6 +109,9 @@ class CommandCluster(Cluster):
 
     def read_text(self, path: PurePosixPath) -> str | None:
         return self.connection.read_file(path)
+
+    def warm_up(self) -> None:
+        self.connection.warm_up()
 
     def close(self) -> None:
         self.connection.close()

@@ -18,6 +18,7 @@ import paramiko
 import pytest
 
 from zbatch.connections.base import FileToPut
+from zbatch.connections.pool import ConnectionPool
 from zbatch.connections.ssh import SshConnection
 from zbatch.errors import ConnectionFailure
 from zbatch.profiles import ConnectionConfig
@@ -394,3 +395,49 @@ def test_measure_throughput(conn: SshConnection) -> None:
         f"one exec_command per command: {exec_rate:.1f} commands/s "
         f"({shell_rate / exec_rate:.0f}x)"
     )
+
+
+# -- warm-up ------------------------------------------------------------------------------------
+def test_warm_up_opens_the_shell_and_sftp_once(conn: SshConnection, tmp_path: Path) -> None:
+    conn.warm_up()
+    assert (conn.connects, conn.channels_opened) == (1, 2)
+    conn.put_file(PurePosixPath(tmp_path / "f"), "x")
+    assert conn.run(["cat", str(tmp_path / "f")]).stdout == "x"
+    assert (conn.connects, conn.channels_opened) == (1, 2)  # nothing more was opened
+
+
+def test_pool_warm_up_logs_every_connection_in_at_once(connect: MakeConnection) -> None:
+    made: list[SshConnection] = []
+    spans: list[tuple[float, float]] = []
+
+    class Timed(SshConnection):
+        def warm_up(self) -> None:
+            started = time.monotonic()
+            super().warm_up()
+            spans.append((started, time.monotonic()))
+
+    def make() -> SshConnection:
+        made.append(Timed(config()))
+        return made[-1]
+
+    pool = ConnectionPool(make, 4)
+    try:
+        pool.warm_up()
+        assert pool.opened == 4 and all(c.connects == 1 and c.channels_opened == 2 for c in made)
+        # Concurrent: every login had started before the first one was done.
+        assert max(begin for begin, _ in spans) < min(end for _, end in spans)
+        results = [pool.run(["echo", str(i)]).stdout for i in range(8)]
+        assert results == [f"{i}\n" for i in range(8)] and len(made) == 4
+    finally:
+        pool.close()
+
+
+def test_warm_up_of_an_unreachable_host_fails_fast_and_clearly(connect: MakeConnection) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind((HOST, 0))
+        port = probe.getsockname()[1]
+    pool = ConnectionPool(lambda: connect(port=port), 3)
+    started = time.monotonic()
+    with pytest.raises(ConnectionFailure, match=f"cannot connect to root@{HOST}:{port}"):
+        pool.warm_up()
+    assert time.monotonic() - started < 5

@@ -48,5 +48,8 @@ class Connection(ABC):
     def read_file(self, path: PurePosixPath) -> str | None:
         """The file's text, or None when it does not exist."""
 
+    def warm_up(self) -> None:  # noqa: B027 - optional hook, most connections hold nothing
+        """Open what the first commands would open (remote logins are slow), now."""
+
     def close(self) -> None:  # noqa: B027 - optional hook, most connections hold nothing
         """Release what the connection holds."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import PurePosixPath
 
@@ -60,6 +61,18 @@ class ConnectionPool(Connection):
     def read_file(self, path: PurePosixPath) -> str | None:
         with self._borrow() as connection:
             return connection.read_file(path)
+
+    def warm_up(self) -> None:
+        """Open every connection of the pool at once (each logs in: ~0.2 s on a busy host)."""
+        with self._lock:
+            while len(self._all) < self._size:
+                connection = self._make()
+                self._all.append(connection)
+                self._idle.put(connection)
+            connections = list(self._all)
+        with ThreadPoolExecutor(len(connections), thread_name_prefix="zbatch-warm") as pool:
+            for future in [pool.submit(c.warm_up) for c in connections]:
+                future.result()
 
     def close(self) -> None:
         with self._lock:

@@ -235,6 +235,12 @@ class SshConnection(Connection):
 
         return self._file_op(f"read {path}", read, permanent=False)
 
+    def warm_up(self) -> None:
+        """Log in and start the remote shell and the SFTP channel now."""
+        with self._lock:
+            self._with_reconnect(self._open_shell)
+        self._file_op("open sftp", lambda _sftp: None, permanent=False)
+
     def packets(self) -> tuple[int, int]:
         """SSH packets sent and received so far on the current link (for tests and tuning)."""
         transport = self._transport()
@@ -255,11 +261,17 @@ class SshConnection(Connection):
     # -- connection and shell ---------------------------------------------------------------
     def _with_reconnect(self, action: Callable[[], T]) -> T:
         """Retry `action` while it fails before reaching the host: with backoff once we have
-        been connected (a drop), but only once on the first connect (bad config fails fast)."""
+        been connected (a drop), but not after a failed first connect (bad config fails fast).
+        The first attempt runs without tenacity: it is every command's path."""
+        try:
+            return action()
+        except _NotSent as exc:
+            if not self.connects:
+                raise exc.failure from None
+            log.warning("%s; reconnecting", exc.failure.message)
+        time.sleep(0.25)  # as tenacity's first wait below
         retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_delay(RECONNECT_WINDOW_S)
-            if self.connects
-            else tenacity.stop_after_attempt(1),
+            stop=tenacity.stop_after_delay(RECONNECT_WINDOW_S),
             wait=tenacity.wait_exponential(multiplier=0.25, max=5),
             retry=tenacity.retry_if_exception_type(_NotSent),
             before_sleep=tenacity.before_sleep_log(log, logging.WARNING),
