@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -94,6 +94,26 @@ def zbatch_submit(profile: Profile, count: int, workdir: Path, workers: int = 1)
     return row
 
 
+def zbatch_rows(
+    names: Sequence[str],
+    jobs: Callable[[str], int],
+    raw: Callable[[], Row],
+    drain: Callable[[], None],
+    args: argparse.Namespace,
+    tmp: Path,
+) -> list[Row]:
+    """Each profile (with jobs held) one at a time and 8 at once, paired with raw loops."""
+    rows = []
+    for name in names:
+        for workers in (1, 8):
+            profile = held(load_profile(name))
+            submit = functools.partial(
+                zbatch_submit, profile, jobs(name), tmp / f"{name}-{workers}", workers
+            )
+            rows.append(paired(raw, submit, drain, args.rounds))
+    return rows
+
+
 def paramiko_client() -> paramiko.SSHClient:
     client = paramiko.SSHClient()
     client.load_host_keys(KNOWN_HOSTS)
@@ -146,19 +166,9 @@ def slurm_rows(args: argparse.Namespace, tmp: Path) -> list[Row]:
 
     rows = [raw()]
     drain()
-    for name in ("slurm-local", "slurm-over-ssh"):
-        for workers in (1, 8):
-            profile = held(load_profile(name))
-            rows.append(
-                paired(
-                    raw,
-                    functools.partial(
-                        zbatch_submit, profile, args.jobs, tmp / f"{name}-{workers}", workers
-                    ),
-                    drain,
-                    args.rounds,
-                )
-            )
+    rows += zbatch_rows(
+        ("slurm-local", "slurm-over-ssh"), lambda _: args.jobs, raw, drain, args, tmp
+    )
     slow = args.slow_jobs
     rows.append(
         paired(
@@ -322,23 +332,14 @@ def sge_rows(args: argparse.Namespace, tmp: Path) -> list[Row]:
 
     rows = [raw()]
     drain()
-    for name in ("sge-local", "sge-drmaa"):
-        for workers in (1, 8):
-            profile = held(load_profile(name))
-            rows.append(
-                paired(
-                    raw,
-                    functools.partial(
-                        zbatch_submit,
-                        profile,
-                        args.drmaa_jobs if name == "sge-drmaa" else args.sge_jobs,
-                        tmp / f"{name}-{workers}",
-                        workers,
-                    ),
-                    drain,
-                    args.rounds,
-                )
-            )
+    rows += zbatch_rows(
+        ("sge-local", "sge-drmaa"),
+        lambda name: args.drmaa_jobs if name == "sge-drmaa" else args.sge_jobs,
+        raw,
+        drain,
+        args,
+        tmp,
+    )
     return rows
 
 
