@@ -19,6 +19,9 @@ from zbatch.schedulers.base import SchedulerStatus
 
 log = logging.getLogger(__name__)
 
+# A status query that took the scheduler T seconds is not repeated within SLOW_FACTOR * T: the
+# tracker takes at most ~1/SLOW_FACTOR of a busy scheduler's time (and of a shared login node).
+SLOW_FACTOR = 10.0
 # Scheduler verdicts that explain a record's non-zero exit better than the exit code does.
 _EXPLAINING = (JobState.TIMEOUT, JobState.CANCELLED, JobState.OUT_OF_MEMORY, JobState.NODE_FAILURE)
 
@@ -91,10 +94,13 @@ class Tracker:
         self.max_interval_s = max_interval_s
         self.queries = 0
         self.failures = 0
+        self.last_query_s = 0.0
 
     def next_delay(self) -> float:
-        """Back off while the scheduler is failing: double per failure, capped."""
-        return float(min(self.max_interval_s, self.interval_s * 2.0**self.failures))
+        """Back off while the scheduler is failing (double per failure) or slow (wait at least
+        SLOW_FACTOR times the last query's duration); capped."""
+        backoff = self.interval_s * 2.0**self.failures
+        return float(min(self.max_interval_s, max(backoff, SLOW_FACTOR * self.last_query_s)))
 
     def active(self) -> list[LedgerEntry]:
         return [
@@ -111,14 +117,17 @@ class Tracker:
         if not active:
             return []
         ids = [e.job_id for e in active if e.job_id]
+        started = time.monotonic()
         try:
             self.queries += 1
             statuses = self.cluster.statuses(ids)
         except ZbatchError as exc:
+            self.last_query_s = time.monotonic() - started
             self.failures += 1
             log.warning("status poll %d failed (%d in a row): %s", self.queries, self.failures, exc)
             return []
         self.failures = 0
+        self.last_query_s = time.monotonic() - started
         return [done for entry in active if (done := self._settle_one(entry, statuses))]
 
     def _settle_one(

@@ -215,5 +215,8 @@ def test_dispatcher_reports_a_job_whose_wrapper_never_ran(setup: Any, work_root:
     dispatcher.serve(threading.Event(), max_messages=1)
     ((_, body),) = failures_reported(dispatcher, transport)
     assert body["payload"].endswith("failed (exit code 3)")
-    dispatcher.track()
+    until = time.monotonic() + 2.5  # past the next poll (every 2 s, in the background)
+    while time.monotonic() < until:
+        dispatcher.track()
+        time.sleep(0.1)
     assert drain(transport, "failed") == []  # reported once, not on every poll
