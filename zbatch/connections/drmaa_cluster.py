@@ -236,6 +236,12 @@ class DrmaaCluster(Cluster):
             except self.drmaa.errors.DrmaaException as exc:
                 raise SchedulerError(f"DRMAA status of {job_id}: {exc}", transient=True) from None
             state = STATES.get(raw)
+            if state is None and job_id in self.terminated:
+                # Being deleted at our request (seen once under load): not a lost job.
+                found[job_id] = SchedulerStatus(
+                    job_id, JobState.CANCELLED, None, "deleted on request", raw
+                )
+                continue
             if state is None:  # "undetermined": let the exit record and qacct decide
                 continue
             reason = "held" if "hold" in raw else "suspended" if "suspended" in raw else ""
