@@ -8,6 +8,8 @@ import subprocess
 from pathlib import Path
 from typing import Any, Protocol
 
+from zbatch.ledger import Ledger, LedgerEntry
+
 
 class ZbatchRun(Protocol):
     def __call__(
@@ -57,3 +59,20 @@ def queue_bodies(root: Path, queue: str) -> list[Any]:
     with sqlite3.connect(db) as conn:
         rows = conn.execute("SELECT body FROM messages WHERE queue = ?", (queue,)).fetchall()
     return [json.loads(r[0]) for r in rows]
+
+
+def claim(ledger: Ledger, key: str, **fields: Any) -> LedgerEntry | None:
+    """Claim a step in the ledger with placeholder fields; `fields` override them."""
+    placeholders: dict[str, Any] = {
+        "recipe_id": "r",
+        "pointer": 1,
+        "profile": "p",
+        "profile_source": "p.yaml",
+        "scheduler": "slurm",
+        "job_name": "j",
+        "workdir": "/w",
+        "tag": "t",
+        "message_path": "/w/m.json",
+        "claimed_by": "me",
+    }
+    return ledger.claim(key, **{**placeholders, **fields})

@@ -96,8 +96,6 @@ class Dispatcher:
         concurrent calls); the broker is only ever touched from this thread.
         """
         log.info("dispatcher for profile %s consuming %s", self.profile.name, self.config.queue)
-        # Twice the workers: the next messages are already here when a worker frees up,
-        # instead of one broker round trip after each ack.
         self.transport.set_prefetch(self.config.workers)
         handled = 0
         in_flight: dict[Future[Submitted], InFlight] = {}

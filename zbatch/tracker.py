@@ -122,12 +122,12 @@ class Tracker:
             self.queries += 1
             statuses = self.cluster.statuses(ids)
         except ZbatchError as exc:
-            self.last_query_s = time.monotonic() - started
             self.failures += 1
             log.warning("status poll %d failed (%d in a row): %s", self.queries, self.failures, exc)
             return []
+        finally:
+            self.last_query_s = time.monotonic() - started
         self.failures = 0
-        self.last_query_s = time.monotonic() - started
         return [done for entry in active if (done := self._settle_one(entry, statuses))]
 
     def _settle_one(

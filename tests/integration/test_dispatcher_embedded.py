@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import wrapper_step
+from tests.helpers import claim, wrapper_step
 from zbatch import submitter as submitter_module
 from zbatch.cluster import cluster_for
 from zbatch.dispatcher import Dispatcher, DispatcherConfig
@@ -163,16 +163,13 @@ def test_interrupted_submission_is_recovered_by_marker(
 def test_young_claim_is_requeued_not_duplicated(setup: Any, work_root: Path) -> None:
     dispatcher, transport = setup
     message = recipe_message(["true"], work_root / "f")
-    dispatcher.ledger.claim(
+    claim(
+        dispatcher.ledger,
         step_key(message),
         recipe_id=message.recipe_id,
-        pointer=1,
         profile="test-local",
-        profile_source="x",
         scheduler="local",
-        job_name="x",
         workdir=str(work_root),
-        tag="t",
         message_path="/x",
         claimed_by="elsewhere:1",
     )

@@ -4,23 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from zbatch.ledger import Ledger, LedgerEntry
-
-
-def claim(ledger: Ledger, key: str) -> LedgerEntry | None:
-    return ledger.claim(
-        key,
-        recipe_id="r",
-        pointer=1,
-        profile="p",
-        profile_source="p.yaml",
-        scheduler="slurm",
-        job_name="j",
-        workdir="/w",
-        tag="t",
-        message_path="/w/m.json",
-        claimed_by="me",
-    )
+from tests.helpers import claim
+from zbatch.ledger import Ledger
 
 
 def test_only_claims_are_written_with_fsync(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
+from tests.helpers import claim
 from zbatch.cluster import Cluster
 from zbatch.errors import SchedulerError
 from zbatch.jobs import JobState
@@ -44,18 +45,12 @@ class SlowCluster(Cluster):
 
 def tracker_with_a_job(tmp_path: Path, cluster: Cluster) -> Tracker:
     ledger = Ledger(tmp_path / "ledger.sqlite")
-    ledger.claim(
+    claim(
+        ledger,
         "k",
-        recipe_id="r",
-        pointer=1,
-        profile="p",
-        profile_source="p.yaml",
         scheduler="fake",
-        job_name="j",
         workdir=str(tmp_path),
-        tag="t",
         message_path=str(tmp_path / "m.json"),
-        claimed_by="me",
     )
     ledger.update("k", job_id="7", state="pending")
     return Tracker(cluster, ledger, "p", interval_s=0.05, max_interval_s=30)

@@ -228,21 +228,17 @@ class DrmaaCluster(Cluster):
                 with _SHARED.calls:
                     raw = str(self.session.jobStatus(job_id))
             except self.drmaa.errors.InvalidJobException:
-                if job_id in self.terminated:  # we deleted it before it ran: nothing is left
-                    found[job_id] = SchedulerStatus(
-                        job_id, JobState.CANCELLED, None, "deleted before start", "deleted"
-                    )
-                continue  # neither qmaster nor this session knows it: settled from the record
+                raw = "deleted"  # neither qmaster nor this session knows it (any more)
             except self.drmaa.errors.DrmaaException as exc:
                 raise SchedulerError(f"DRMAA status of {job_id}: {exc}", transient=True) from None
             state = STATES.get(raw)
-            if state is None and job_id in self.terminated:
-                # Being deleted at our request (seen once under load): not a lost job.
-                found[job_id] = SchedulerStatus(
-                    job_id, JobState.CANCELLED, None, "deleted on request", raw
-                )
-                continue
-            if state is None:  # "undetermined": let the exit record and qacct decide
+            if state is None:
+                if job_id in self.terminated:
+                    # We deleted it: gone (a held job leaves no trace), or "undetermined"
+                    # while SGE deletes it (seen under load). Cancelled, not lost.
+                    why = "deleted before start" if raw == "deleted" else "deleted on request"
+                    found[job_id] = SchedulerStatus(job_id, JobState.CANCELLED, None, why, raw)
+                # Otherwise unknown or "undetermined": the exit record and qacct decide.
                 continue
             reason = "held" if "hold" in raw else "suspended" if "suspended" in raw else ""
             found[job_id] = (
