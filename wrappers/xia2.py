@@ -30,9 +30,10 @@ SCALED_MTZ_KEY = "scaled_mtz"
 PHIL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 MAX_NAME = 256
 # Characters libtbx.phil reads as syntax inside one command-line assignment: whitespace and ';'
-# end it, '{' '}' open scopes, '#' starts a comment, quotes group words, '=' starts another
-# assignment, '$' substitutes another parameter and '\' escapes.
-PHIL_SYNTAX = re.compile(r"""[\s;{}#"'=$\\]""")
+# end it, '{' '}' open scopes, quotes group words, '=' starts another assignment, '$'
+# substitutes another parameter and '\' escapes. '#' starts a comment only where a word would
+# start (DIALS documents `template=x_####.cbf`), so it is refused at the start of a value only.
+PHIL_SYNTAX = re.compile(r"""[\s;{}"'=$\\]""")
 PIPELINE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
 ISPYB_NAMES = {
     "d_min": "xia2.settings.resolution.d_min",
@@ -59,6 +60,8 @@ def phil_value(value: object, what: str) -> str:
         raise WrapperError(f"{what} is empty")
     if text.startswith("-"):
         raise WrapperError(f"{what} {text[:60]!r} starts with '-', like a command-line option")
+    if text.startswith("#"):
+        raise WrapperError(f"{what} {text[:60]!r} starts with '#', which phil reads as a comment")
     found = PHIL_SYNTAX.search(text)
     if found or not text.isprintable():
         char = found.group() if found else next(c for c in text if not c.isprintable())

@@ -109,7 +109,10 @@ def render(
     recipe = Recipe.load(recipe_file).apply_parameters(parse_params(params))
     config = TransportConfig("embedded", embedded_db)
     job = prepare_job(_step_message(recipe, step), profile, JobContext(config.job_args()))
-    click.echo(job.script, nl=False)
+    # Byte for byte what would be staged: click.echo strips ANSI escapes when not on a tty.
+    stdout = click.get_binary_stream("stdout")
+    stdout.write(job.script.encode("utf-8"))
+    stdout.flush()
 
 
 @click.command()

@@ -30,9 +30,7 @@ def _resource(request: str, out: dict[str, Any], where: str) -> bool:
     elif key in _PER_SLOT_MEMORY:
         out["memory_per_cpu_mb"] = parse_memory_mb(value, f"{where}: -l {key}")
     elif key in ("gpus", "gpu"):
-        out["gpus"] = int(value) if value.isdigit() else -1
-        if out["gpus"] < 0:
-            raise ParameterError(f"{where}: -l {key}={value!r} must be a whole number")
+        out["gpus"] = safety.parse_int(value, f"{where}: -l {key}")
     elif key == "exclusive":
         out["exclusive"] = True
     else:
@@ -58,9 +56,7 @@ def translate_qsub_args(tokens: list[str], profile: Profile, where: str) -> dict
             i += 2
         elif option == "-pe":
             slots = _take(tokens, i + 2, option, where).split("-")[0]
-            if not slots.isdigit() or int(slots) < 1:
-                raise ParameterError(f"{where}: -pe slots {tokens[i + 2]!r} must be a number")
-            out["cpus"] = int(slots)
+            out["cpus"] = safety.parse_int(slots, f"{where}: -pe slots", minimum=1)
             i += 3
         elif option == "-l" and _resource(_take(tokens, i + 1, option, where), out, where):
             i += 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -62,6 +63,10 @@ class PreparedJob:
         ]
 
 
+# Lines a scheduler reads as directives wherever they stand (SGE's `#$`), or before the body.
+DIRECTIVE_LINE = re.compile(r"\s*#\s*(\$|SBATCH|PBS|BSUB|zbatch-local:)", re.IGNORECASE)
+
+
 def is_wrapper_step(step: dict[str, Any]) -> bool:
     params = step.get("parameters")
     if not isinstance(params, dict):
@@ -70,11 +75,7 @@ def is_wrapper_step(step: dict[str, Any]) -> bool:
 
 
 def _int(value: object, what: str, minimum: int = 1) -> int:
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ParameterError(f"{what} {value!r} must be a whole number >= {minimum}")
-    return value
+    return safety.parse_int(value, what, minimum)
 
 
 def _bool(value: object, what: str) -> bool:
@@ -145,6 +146,7 @@ class StepReader:
     def partition(self) -> str | None:
         queue = self.params.get("cluster_queue")
         if queue is not None:
+            safety.check(safety.NAME, queue, f"{self.where}: cluster_queue")
             mapping = self.profile.queue_mapping
             if queue not in mapping:
                 known = ", ".join(sorted(mapping)) or "none configured"
@@ -168,7 +170,9 @@ class StepReader:
         raw = self.params.get("cluster_submission_parameters")
         if raw is None:
             return {}
-        text = safety.check_text(raw, f"{self.where}: cluster_submission_parameters")
+        text = safety.check_text(
+            raw, f"{self.where}: cluster_submission_parameters", limit=safety.MAX_LINE
+        )
         try:
             tokens = shlex.split(text)
         except ValueError as exc:
@@ -262,7 +266,17 @@ def step_commands(message: StepMessage, profile: Profile) -> list[str] | None:
     lines = [commands] if isinstance(commands, str) else commands
     if not isinstance(lines, list) or not all(isinstance(c, str) for c in lines):
         raise ParameterError(f"{where}: commands must be a string or a list of strings")
-    return [safety.check_text(line, f"{where}: commands") for line in lines]
+    checked = []
+    for index, line in enumerate(lines):
+        what = f"{where}: commands[{index}]"
+        for part in safety.check_text(line, what, multiline=True).split("\n"):
+            if DIRECTIVE_LINE.match(part):
+                raise ParameterError(
+                    f"{what}: the line {part[:60]!r} would be read as a scheduler directive "
+                    "(SGE reads '#$' lines anywhere in a script); limits come from the profile"
+                )
+        checked.append(line)
+    return checked
 
 
 def envelope_files(message: StepMessage, paths: JobPaths) -> tuple[Path, dict[Path, str]]:

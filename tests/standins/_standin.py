@@ -36,7 +36,8 @@ def parse_assignments(args: list[str], known: Callable[[str], bool]) -> list[tup
             raise Sorry(f"Unrecognised argument: {arg!r} (expected name=value)")
         if not known(key):
             raise Sorry(f"Unknown command line parameter definition: {key} = {value}")
-        if not value or value != value.strip() or any(c in value for c in ";{}#\"'$\\"):
+        bad = any(c in value for c in ";{}\"'$\\") or value.startswith("#")
+        if not value or value != value.strip() or bad:
             raise Sorry(f"Invalid value for {key}: {value!r}")
         pairs.append((key, value))
     return pairs
