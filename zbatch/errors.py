@@ -43,6 +43,12 @@ class SchedulerError(ZbatchError):
     """The scheduler refused a command or answered with something unreadable."""
 
 
+class ClusterUnavailable(SchedulerError):
+    """The scheduler's controller did not answer (restart, maintenance): wait, do not refuse."""
+
+    transient = True
+
+
 class ConnectionFailure(ZbatchError):
     """A host could not be reached or a command on it could not be run."""
 

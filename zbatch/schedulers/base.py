@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -67,6 +68,14 @@ class Scheduler(ABC):
     def parse_find(self, stdout: str, marker: str) -> str | None:
         """The id of the job carrying `marker` in `find_argv`'s output, if any."""
         return None
+
+    # What the scheduler's commands print when its controller cannot be reached (as opposed
+    # to refusing a request): captured outputs are in tests/data/scheduler-output/.
+    unavailable_patterns: ClassVar[tuple[re.Pattern[str], ...]] = ()
+
+    def unavailable(self, output: str) -> bool:
+        """True when a failed command's output says the scheduler is down, not that it said no."""
+        return any(pattern.search(output) for pattern in self.unavailable_patterns)
 
     def status_error_is_empty(self, stderr: str) -> bool:
         """True when a failed status command only means "none of these jobs exist any more"."""

@@ -60,6 +60,12 @@ _FAILED_ASSUMED = 100  # "assumedly after job": killed by a signal, e.g. qdel of
 
 class SgeScheduler(Scheduler):
     name: ClassVar[str] = "sge"
+    unavailable_patterns: ClassVar[tuple[re.Pattern[str], ...]] = (
+        re.compile(r"unable to send message to qmaster"),
+        re.compile(r"unable to contact qmaster"),
+        re.compile(r"commlib error: (got select error|can't connect|access denied)"),
+        re.compile(r"cannot connect to qmaster|qmaster is not alive", re.IGNORECASE),
+    )
     state_map: ClassVar[Mapping[str, JobState]] = _STATES
 
     def map_state(self, raw: str, job_id: str) -> JobState:

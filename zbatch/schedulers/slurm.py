@@ -34,6 +34,13 @@ _SQUEUE_FORMAT = "%i|%T|%r"
 
 class SlurmScheduler(Scheduler):
     name: ClassVar[str] = "slurm"
+    unavailable_patterns: ClassVar[tuple[re.Pattern[str], ...]] = (
+        re.compile(r"Unable to contact slurm controller"),
+        re.compile(r"Socket timed out on send/recv"),
+        re.compile(r"Zero Bytes were transmitted or received"),
+        re.compile(r"backup controller in standby mode"),
+        re.compile(r"Communication connection failure"),
+    )
     # Job states from squeue(1) "JOB STATE CODES" (22.05). Jobs that have not started their
     # script yet are PENDING; anything that may still be running (or tearing down) is RUNNING,
     # because only a final state may be acted upon.
