@@ -107,7 +107,11 @@ class FastEpWrapper(Wrapper):
         given = self.params.get("results_directory")
         if given is not None and not isinstance(given, str):
             raise WrapperError("job_parameters.results_directory must be a path")
-        target = Path(given) / workdir.name if given else workdir
+        target = (
+            self.confine(Path(given) / workdir.name, "job_parameters.results_directory")
+            if given
+            else workdir
+        )
         target.mkdir(parents=True, exist_ok=True)
         files: list[ResultFile] = []
         for path in sorted(p for p in workdir.iterdir() if p.is_file()):

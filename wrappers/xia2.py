@@ -187,7 +187,7 @@ class Xia2Wrapper(Wrapper):
             return workdir
         if not isinstance(given, str):
             raise WrapperError("job_parameters.results_directory must be a path")
-        target = Path(given) / workdir.name
+        target = self.confine(Path(given) / workdir.name, "job_parameters.results_directory")
         if target.resolve() == workdir.resolve():  # results kept where xia2 ran: nothing to copy
             return workdir
         target.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,13 @@ from typing import Any, NoReturn
 import click
 
 from zbatch.errors import ZbatchError
-from zbatch.profiles import Profile, find_profiles, load_profile, load_profile_file
+from zbatch.profiles import (
+    Profile,
+    find_profiles,
+    load_profile,
+    load_profile_file,
+    profile_warnings,
+)
 
 log = logging.getLogger("zbatch")
 EXIT_USER_ERROR = 2
@@ -146,6 +152,8 @@ def profiles_list(as_json: bool) -> None:
 def profiles_check(files: tuple[str, ...]) -> None:
     """Validate profiles (all known ones when no FILE is given); exit 2 if any is invalid.
 
+    Settings that are valid but risky (accept_unknown_hosts) are warned about on stderr.
+
     \b
     Example:
       zbatch profiles check site-configs/slurm-local.yaml
@@ -162,6 +170,8 @@ def profiles_check(files: tuple[str, ...]) -> None:
             click.echo(
                 f"ok: {target} ({profile.name}: {profile.scheduler} via {profile.connection.type})"
             )
+            for warning in profile_warnings(profile):
+                click.echo(f"zbatch: warning: {warning}", err=True)
         except ZbatchError as exc:
             click.echo(f"zbatch: error: {exc}", err=True)
             bad += 1

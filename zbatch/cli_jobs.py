@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -110,9 +111,9 @@ def render(
     config = TransportConfig("embedded", embedded_db)
     job = prepare_job(_step_message(recipe, step), profile, JobContext(config.job_args()))
     # Byte for byte what would be staged: click.echo strips ANSI escapes when not on a tty.
-    stdout = click.get_binary_stream("stdout")
-    stdout.write(job.script.encode("utf-8"))
-    stdout.flush()
+    sys.stdout.flush()
+    sys.stdout.buffer.write(job.script.encode("utf-8"))
+    sys.stdout.buffer.flush()
 
 
 @click.command()

@@ -33,6 +33,11 @@ TRANSPORT_ALIASES = {"embedded": "embedded", "pika": "pika", "PikaTransport": "p
 @click.option("--embedded-db", metavar="FILE", help="SQLite queue for --transport embedded.")
 @click.option("--rabbit-conf", metavar="FILE", help="RabbitMQ settings for --transport pika.")
 @click.option("--dry-run", is_flag=True, help="Print the tool's command line and exit.")
+@click.option(
+    "--workdir-root",
+    metavar="DIR",
+    help="The profile's workdir_root: the tool's folders and result files must lie in it.",
+)
 def wrap(
     name: str | None,
     recipewrapper: str | None,
@@ -40,6 +45,7 @@ def wrap(
     embedded_db: str | None,
     rabbit_conf: str | None,
     dry_run: bool,
+    workdir_root: str | None,
 ) -> None:
     """Run a wrapper inside a job (the options of zocalo.wrap).
 
@@ -55,7 +61,9 @@ def wrap(
     if not recipewrapper:
         fail("--recipewrapper FILE is required")
     config = TransportConfig(TRANSPORT_ALIASES[transport], embedded_db, rabbit_conf)
-    code, summary = run_wrapper(name, Path(recipewrapper), lambda: make_transport(config), dry_run)
+    code, summary = run_wrapper(
+        name, Path(recipewrapper), lambda: make_transport(config), dry_run, workdir_root
+    )
     click.echo(summary, err=not dry_run)
     raise SystemExit(code)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import PurePosixPath
@@ -45,6 +46,11 @@ class Cluster(ABC):
 
     @abstractmethod
     def read_text(self, path: PurePosixPath) -> str | None: ...
+
+    def resolve_paths(self, paths: Sequence[str]) -> list[str]:
+        """Real paths (symbolic links resolved, missing components kept) on the host where the
+        jobs run and their files are staged: this machine unless a connection says otherwise."""
+        return [os.path.realpath(path) for path in paths]
 
     def exit_record(self, paths: JobPaths) -> ExitRecord | None:
         text = self.read_text(PurePosixPath(paths.exit_record))
@@ -109,6 +115,9 @@ class CommandCluster(Cluster):
 
     def read_text(self, path: PurePosixPath) -> str | None:
         return self.connection.read_file(path)
+
+    def resolve_paths(self, paths: Sequence[str]) -> list[str]:
+        return self.connection.resolve_paths(paths)
 
     def warm_up(self) -> None:
         self.connection.warm_up()

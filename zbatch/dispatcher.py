@@ -5,6 +5,11 @@ scheduler. Malformed or refused messages go to `dlq.<queue>` with the reason in 
 transient failures are retried with backoff a bounded number of times, then dead-lettered
 (replayable with `zbatch dlq replay`). Jobs that end without their wrapper reporting get a
 `failure` message from the dispatcher, so a recipe never hangs silently.
+
+No message stops the service: any exception met while accepting, submitting or settling one
+message (a defect, not only a refusal) dead-letters that message with the reason
+"internal error: <type>: <text>", logs the traceback and counts it (`internal-error`); only
+the broker itself failing (TransportError) leaves a message to be redelivered.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from pathlib import Path, PurePosixPath
 from tenacity import RetryError, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from zbatch.cluster import Cluster
-from zbatch.envelope import StepMessage, is_recipe_message
+from zbatch.envelope import StepMessage, internal_reason, is_recipe_message
 from zbatch.errors import ClaimBusy, TransportError, ZbatchError
 from zbatch.jobs import JobState, outbox_path
 from zbatch.ledger import Ledger, LedgerEntry
@@ -116,7 +121,7 @@ class Dispatcher:
                         continue
                 handled += self._harvest(in_flight)
                 if self.config.track:
-                    self.track()
+                    self._track_safely()
                 if not in_flight and max_messages is not None and handled >= max_messages:
                     break
         log.info("dispatcher stopping: %s", dict(self.outcomes))
@@ -153,32 +158,73 @@ class Dispatcher:
             return job
         try:
             result: Submitted | BaseException = self._submit_with_retries(job.message)
-        except ZbatchError as exc:
+        except Exception as exc:
             result = exc
-        return self._settle(job, result)
+        return self._settle_safely(job, result)
 
     def _accept(self, delivery: Delivery) -> InFlight | str:
         """Check a message before submitting; dead-letter it when it cannot be a step."""
         self.metrics.received.inc()
-        if not is_recipe_message(delivery.headers):
-            return self._dead_letter(
-                delivery, "not a recipe message (no workflows-recipe header)", "not-recipe"
-            )
         try:
-            message = StepMessage.from_body(delivery.body, source=f"message on {delivery.queue}")
+            return self._check(delivery)
+        except TransportError:
+            raise
+        except Exception:
+            # Not even dead-lettering worked: leave the message unacknowledged (the broker
+            # redelivers it) rather than stop the service.
+            log.exception("message %s could not be dead-lettered", delivery.tag)
+            return "redelivery-pending"
+
+    def _check(self, delivery: Delivery) -> InFlight | str:
+        limits = self.profile.limits
+        try:
+            if not is_recipe_message(delivery.headers):
+                return self._dead_letter(
+                    delivery, "not a recipe message (no workflows-recipe header)", "not-recipe"
+                )
+            message = StepMessage.from_body(
+                delivery.body,
+                source=f"message on {delivery.queue}",
+                max_bytes=limits.max_message_bytes,
+                max_depth=limits.max_json_depth,
+            )
+        except TransportError:
+            raise
         except ZbatchError as exc:
             return self._dead_letter(delivery, str(exc), "malformed")
+        except Exception as exc:
+            return self._internal_error(delivery, exc)
         return InFlight(delivery, message, time.monotonic())
+
+    def _internal_error(self, delivery: Delivery, exc: BaseException) -> str:
+        """A defect met while handling one message: dead-letter it, log the traceback, go on."""
+        log.error(
+            "internal error on message %s from %s",
+            delivery.tag,
+            delivery.queue,
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
+        return self._dead_letter(delivery, internal_reason(exc), "internal-error")
 
     def _settle_safely(self, job: InFlight, result: Submitted | BaseException) -> str:
         try:
-            return self._settle(job, result)
+            try:
+                return self._settle(job, result)
+            except TransportError:
+                raise
+            except Exception as exc:  # e.g. the ledger failing while noting job_submitted
+                return self._internal_error(job.delivery, exc)
         except TransportError as exc:
             # The connection dropped mid-message: the broker redelivers it, and the ledger
             # makes sure the redelivery does not submit the step again.
             log.warning(
                 "message %s not settled, the broker will redeliver it: %s", job.delivery.tag, exc
             )
+            return "redelivery-pending"
+        except Exception:
+            # Not even dead-lettering worked: leave the message unacknowledged (the broker
+            # redelivers it) rather than stop the service.
+            log.exception("message %s could not be dead-lettered", job.delivery.tag)
             return "redelivery-pending"
 
     def _settle(self, job: InFlight, result: Submitted | BaseException) -> str:
@@ -190,6 +236,8 @@ class Dispatcher:
         if isinstance(result, ZbatchError):
             kind = "unreachable" if result.transient else "refused"
             return self._dead_letter(delivery, str(result), kind)
+        if isinstance(result, Exception):
+            return self._internal_error(delivery, result)
         if isinstance(result, BaseException):
             raise result
         self._notify_submitted(job.message, result.entry)
@@ -251,6 +299,14 @@ class Dispatcher:
         self.transport.send_onward(message, "job_submitted", payload)
         self.ledger.update(entry.key, reported=entry.reported | NOTIFIED_SUBMITTED)
 
+    def _track_safely(self) -> None:
+        try:
+            self.track()
+        except Exception:  # tracking trouble must not stop the intake of messages
+            log.exception("job tracking failed; trying again at the next poll")
+            self._polling = None
+            self._next_poll = time.monotonic() + self.tracker.next_delay()
+
     def track(self) -> None:
         """Poll the cluster (one query) when due, in the background: a status query for
         thousands of jobs takes the scheduler a while (0.45 s for 1000 on the test Slurm),
@@ -264,9 +320,12 @@ class Dispatcher:
         if not polling.done():
             return
         self._polling = None
-        for entry, settled in polling.result():  # poll_once logs and absorbs cluster errors
-            self._report_outcome(entry, settled)
         self._next_poll = time.monotonic() + self.tracker.next_delay()
+        for entry, settled in polling.result():  # poll_once logs and absorbs cluster errors
+            try:
+                self._report_outcome(entry, settled)
+            except Exception:  # one job's odd files must not keep the others unreported
+                log.exception("job %s: outcome not reported (internal error)", entry.job_id)
         counts = Tally(e.state for e in self.tracker.active())
         for state in JobState:
             self.metrics.jobs.labels(state.value).set(counts.get(state.value, 0))

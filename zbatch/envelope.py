@@ -6,17 +6,20 @@ The only AMQP header is `workflows-recipe: true`; all routing state lives in the
 
 from __future__ import annotations
 
-import json
+import math
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from zbatch import safejson
 from zbatch.errors import RecipeError
 from zbatch.recipe import Recipe
 
 RECIPE_HEADER = "workflows-recipe"
 # Messages larger than this are refused before parsing: no legitimate step needs more.
-MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+MAX_MESSAGE_BYTES = safejson.MAX_MESSAGE_BYTES
+# RabbitMQ's delayed-message exchange takes at most 2**32 - 1 milliseconds.
+MAX_DELAY_S = (2**32 - 1) / 1000
 
 
 def is_recipe_message(headers: dict[str, Any]) -> bool:
@@ -51,22 +54,29 @@ class StepMessage:
         return self.recipe.nodes[self.pointer]
 
     @classmethod
-    def from_body(cls, body: bytes | str | dict[str, Any], source: str = "message") -> StepMessage:
+    def from_body(
+        cls,
+        body: bytes | str | dict[str, Any],
+        source: str = "message",
+        *,
+        max_bytes: int = safejson.MAX_MESSAGE_BYTES,
+        max_depth: int = safejson.MAX_DEPTH,
+    ) -> StepMessage:
+        """A validated step message from its JSON body (or an already parsed one).
+
+        Text is parsed with `safejson` (size and depth limits); an object given as it is
+        is checked for depth too, so nothing downstream recurses over an unbounded value.
+        """
         if isinstance(body, bytes | str):
-            if len(body) > MAX_MESSAGE_BYTES:
-                raise RecipeError(
-                    f"{source}: {len(body)} bytes is over the {MAX_MESSAGE_BYTES} limit"
-                )
-            try:
-                body = json.loads(body)
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise RecipeError(f"{source}: not valid JSON: {exc}") from None
+            body = safejson.loads(body, source, max_bytes=max_bytes, max_depth=max_depth)
+        else:
+            safejson.check_depth(body, source, max_depth)
         if not isinstance(body, dict):
             raise RecipeError(f"{source}: a step message must be a JSON object")
         missing = [k for k in ("recipe", "recipe-pointer") if k not in body]
         if missing:
             raise RecipeError(f"{source}: not a recipe step message: missing {', '.join(missing)}")
-        recipe = Recipe.from_json(body["recipe"], source=f"{source} recipe")
+        recipe = Recipe.from_json(body["recipe"], source=f"{source} recipe", depth_checked=True)
         pointer = body["recipe-pointer"]
         if not isinstance(pointer, int) or isinstance(pointer, bool) or pointer not in recipe.nodes:
             raise RecipeError(f"{source}: recipe-pointer {pointer!r} names no node of the recipe")
@@ -104,14 +114,26 @@ class StepMessage:
 
     def destination(self) -> Destination:
         node = self.step
-        delay = node.get("transport-delay")
         return Destination(
             node_id=self.pointer,
             queue=_str_or_none(node.get("queue")),
             topic=_str_or_none(node.get("topic")),
             exchange=_str_or_none(node.get("exchange")),
-            delay=float(delay) if isinstance(delay, int | float) and delay > 0 else None,
+            delay=_delay(node.get("transport-delay")),
         )
+
+
+def _delay(value: object) -> float | None:
+    """A positive, finite delay in seconds, at most what the broker can hold (else none)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        delay = float(value)
+    except OverflowError:  # an int too large for a float
+        return MAX_DELAY_S
+    if math.isnan(delay) or delay <= 0:
+        return None
+    return min(delay, MAX_DELAY_S)
 
 
 def _str_or_none(value: object) -> str | None:
@@ -123,3 +145,11 @@ def start_messages(recipe: Recipe, environment: dict[str, Any] | None = None) ->
     env = dict(environment or {})
     env.setdefault("ID", str(uuid.uuid4()))
     return [StepMessage(recipe, node, [], env, payload) for node, payload in recipe.start]
+
+
+def internal_reason(exc: BaseException) -> str:
+    """The dead-letter reason for a defect: one line, bounded, naming the exception."""
+    text = " ".join(str(exc).split())
+    if len(text) > 300:
+        text = text[:297] + "..."
+    return f"internal error: {type(exc).__name__}: {text}"

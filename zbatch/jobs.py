@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import enum
-import json
-import os
+import logging
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+from zbatch import safejson, securefiles
+from zbatch.errors import ZbatchError
+
+log = logging.getLogger(__name__)
+# A job writes its records itself, so they are as untrusted as a message: small, and typed.
+MAX_RECORD_BYTES = 1024 * 1024
+_RECORD_JOB_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_RECORD_SIGNALS = frozenset({"", "TERM", "INT", "USR1", "USR2", "KILL", "HUP"})
 
 
 class JobState(enum.StrEnum):
@@ -114,24 +123,49 @@ class ExitRecord:
     job_id: str = ""
 
     @classmethod
-    def parse(cls, text: str) -> ExitRecord | None:
+    def parse(cls, text: str | bytes, source: str = "exit record") -> ExitRecord | None:
+        """The record, or None (logged) when it is not one: a job may have written anything.
+
+        `exit_code` must be a whole number (not a float, bool or string) that fits in 32 bits
+        and `end_time` a finite number; a `signal` or `job_id` of any other form is dropped.
+        """
         try:
-            data: Any = json.loads(text)
-            return cls(
-                int(data["exit_code"]),
-                float(data["end_time"]),
-                str(data.get("signal", "")),
-                str(data.get("job_id", "")),
-            )
-        except (ValueError, KeyError, TypeError):
-            return None
+            return cls._checked(safejson.loads(text, source, max_bytes=MAX_RECORD_BYTES))
+        except ZbatchError as exc:
+            log.warning("%s: no valid exit record: %s", source, exc)
+        except Exception:  # a defect here must not stop the tracker: the record is void
+            log.exception("%s: no valid exit record", source)
+        return None
+
+    @classmethod
+    def _checked(cls, data: object) -> ExitRecord:
+        if not isinstance(data, dict):
+            raise ZbatchError(f"a JSON object is expected, not {type(data).__name__}")
+        code, end = data.get("exit_code"), data.get("end_time")
+        if isinstance(code, bool) or not isinstance(code, int) or not -(2**31) <= code < 2**31:
+            raise ZbatchError(f"exit_code {str(code)[:40]!r} is not a 32-bit whole number")
+        if isinstance(end, bool) or not isinstance(end, int | float):
+            raise ZbatchError(f"end_time {str(end)[:40]!r} is not a number")
+        if not math.isfinite(end) or abs(end) > 2**53:
+            raise ZbatchError(f"end_time {str(end)[:40]!r} is out of range")
+        # The exit code is the record's point; odd side fields are dropped, not trusted.
+        signal, job_id = data.get("signal", ""), data.get("job_id", "")
+        if not isinstance(signal, str) or signal not in _RECORD_SIGNALS:
+            log.warning("exit record: ignoring signal %s", str(signal)[:40])
+            signal = ""
+        if job_id != "" and not (isinstance(job_id, str) and _RECORD_JOB_ID.fullmatch(job_id)):
+            log.warning("exit record: ignoring job_id %s", str(job_id)[:40])
+            job_id = ""
+        return cls(code, float(end), str(signal), str(job_id))
 
     @classmethod
     def read(cls, path: Path) -> ExitRecord | None:
         try:
-            return cls.parse(path.read_text())
+            with open(path, "rb") as handle:
+                raw = handle.read(MAX_RECORD_BYTES + 1)
         except OSError:
             return None
+        return cls.parse(raw, str(path))
 
 
 def state_from_exit(record: ExitRecord) -> JobState:
@@ -140,10 +174,7 @@ def state_from_exit(record: ExitRecord) -> JobState:
     return JobState.SUCCEEDED if record.exit_code == 0 else JobState.FAILED
 
 
-def atomic_write(path: Path, data: str | bytes, mode: int = 0o644) -> None:
-    """Write then rename, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data.encode() if isinstance(data, str) else data)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+def atomic_write(path: Path, data: str | bytes, mode: int = securefiles.PRIVATE_FILE) -> None:
+    """Write then rename, so a reader never sees half a file; no symbolic link planted at the
+    final or a temporary name is followed (`securefiles.atomic_write`). Private by default."""
+    securefiles.atomic_write(path, data, mode)

@@ -19,6 +19,7 @@ from typing import Any
 
 from zbatch.envelope import StepMessage
 from zbatch.jobs import JobState
+from zbatch.securefiles import create_private, make_dirs
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -93,7 +94,9 @@ class LedgerEntry:
 class Ledger:
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or default_state_dir() / "ledger.sqlite"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Private: 0700 folder, 0600 file (SQLite gives its -wal and -shm files the same mode).
+        make_dirs(self.path.parent)
+        create_private(self.path)
         # Shared by the dispatcher's submission threads: one connection behind one lock.
         self.db = sqlite3.connect(
             self.path, timeout=30, isolation_level=None, check_same_thread=False

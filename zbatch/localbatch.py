@@ -5,6 +5,9 @@ that waits for one of N slot locks, runs the script in its own process group, en
 `# zbatch-local: time-limit=` directive and records the outcome in D/jobs/<id>.json. Because it
 is driven by commands like sbatch, the local scheduler goes through the same connection and
 tracking code as Slurm and SGE (and works over SSH too).
+
+The state folder and everything in it are private (folders 0700, files 0600), and no file is
+opened through a symbolic link planted at its name (`securefiles`).
 """
 
 from __future__ import annotations
@@ -21,8 +24,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from zbatch import safejson
+from zbatch.errors import ZbatchError
+from zbatch.jobenv import scrubbed_environment
+from zbatch.securefiles import PRIVATE_FILE, atomic_write, make_dirs, open_append
+
 DIRECTIVE = "# zbatch-local: "
 KILL_GRACE_S = 5.0
+# Job records are small: anything bigger (or not an object) is not one, and reads as missing.
+MAX_RECORD_BYTES = 1024 * 1024
+STATES = frozenset({"PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "LOST"})
 
 
 def read_directives(script: Path) -> dict[str, str]:
@@ -37,6 +48,13 @@ def read_directives(script: Path) -> dict[str, str]:
     return directives
 
 
+def _open_private(path: Path, mode: str) -> Any:
+    """open(path, mode) for "a"/"a+": created 0600, never through a symbolic link."""
+    flags = os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+    flags |= os.O_RDWR if "+" in mode else os.O_WRONLY
+    return os.fdopen(os.open(path, flags, PRIVATE_FILE), mode)
+
+
 def _job_file(state_dir: Path, job_id: str) -> Path:
     return state_dir / "jobs" / f"{job_id}.json"
 
@@ -45,22 +63,36 @@ def write_state(state_dir: Path, job_id: str, **fields: Any) -> None:
     path = _job_file(state_dir, job_id)
     data = read_state(state_dir, job_id) or {"id": job_id}
     data.update(fields, updated=time.time())
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data))
 
 
 def read_state(state_dir: Path, job_id: str) -> dict[str, Any] | None:
+    """A job's record, or None when it is missing or not a record (size, depth, type)."""
     try:
-        data: dict[str, Any] = json.loads(_job_file(state_dir, job_id).read_text())
-        return data
-    except (OSError, ValueError):
+        with open(_job_file(state_dir, job_id), "rb") as handle:
+            raw = handle.read(MAX_RECORD_BYTES + 1)
+        data = safejson.loads(raw, f"localbatch job {job_id}", max_bytes=MAX_RECORD_BYTES)
+    except (OSError, ZbatchError):
         return None
+    return data if isinstance(data, dict) else None
+
+
+def _small_int(value: object) -> int | None:
+    """A whole number a record may hold (pid, exit code); None for anything else."""
+    if isinstance(value, int) and not isinstance(value, bool) and -(2**31) <= value < 2**31:
+        return value
+    return None
+
+
+def _pid(value: object) -> int | None:
+    """A process id from a record: positive (kill(-1) would signal every process we own)."""
+    pid = _small_int(value)
+    return pid if pid is not None and pid > 1 else None
 
 
 def next_id(state_dir: Path) -> str:
-    (state_dir / "jobs").mkdir(parents=True, exist_ok=True)
-    with open(state_dir / "seq", "a+") as handle:
+    make_dirs(state_dir / "jobs")
+    with _open_private(state_dir / "seq", "a+") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         handle.seek(0)
         current = int(handle.read().strip() or "0") + 1
@@ -85,7 +117,12 @@ def submit(state_dir: Path, slots: int, script: Path) -> str:
     )
     out = directives.get("output", os.devnull)
     err = directives.get("error", os.devnull)
-    with open(out, "ab") as stdout, open(err, "ab") as stderr:
+    # The job's folder may be shared: a link planted at the output's name is refused.
+    try:
+        out_fd, err_fd = open_append(out), open_append(err)
+    except OSError as exc:
+        raise SystemExit(f"localbatch: cannot open {exc.filename}: {exc.strerror}") from None
+    with os.fdopen(out_fd, "ab") as stdout, os.fdopen(err_fd, "ab") as stderr:
         subprocess.Popen(
             [
                 sys.executable,
@@ -103,6 +140,7 @@ def submit(state_dir: Path, slots: int, script: Path) -> str:
             stderr=stderr,
             start_new_session=True,
             close_fds=True,
+            env=scrubbed_environment(),
         )
     return job_id
 
@@ -120,10 +158,10 @@ class _Runner:
 
     def acquire_slot(self) -> Any:
         slot_dir = self.state_dir / "slots"
-        slot_dir.mkdir(exist_ok=True)
+        make_dirs(slot_dir)
         while not self.cancelled:
             for index in range(self.slots):
-                handle = open(slot_dir / f"slot-{index}.lock", "a")  # noqa: SIM115 - held for the job's life
+                handle = _open_private(slot_dir / f"slot-{index}.lock", "a")  # held for the job
                 try:
                     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     return handle
@@ -135,7 +173,8 @@ class _Runner:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.on_term)
         state = read_state(self.state_dir, self.job_id) or {}
-        script = Path(state.get("script", ""))
+        script_path = state.get("script")
+        script = Path(script_path if isinstance(script_path, str) else "")
         slot = self.acquire_slot()
         if slot is None or self.cancelled:
             write_state(self.state_dir, self.job_id, state="CANCELLED", exit_code=None)
@@ -147,7 +186,8 @@ class _Runner:
             cwd=directives.get("workdir") or None,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            env={**os.environ, "ZBATCH_JOB_ID": self.job_id},
+            # Whoever ran `localbatch submit`, the job gets the allow-listed variables only.
+            env=scrubbed_environment(ZBATCH_JOB_ID=self.job_id),
         )
         write_state(
             self.state_dir, self.job_id, state="RUNNING", pid=self.child.pid, started=time.time()
@@ -194,11 +234,12 @@ def status(state_dir: Path, job_ids: list[str]) -> list[str]:
         data = read_state(state_dir, job_id)
         if data is None:
             continue
-        state = data.get("state", "UNKNOWN")
-        runner_pid = data.get("runner")
-        if state in ("PENDING", "RUNNING") and runner_pid and not _alive(int(runner_pid)):
+        state = data.get("state")
+        state = state if isinstance(state, str) and state in STATES else "UNKNOWN"
+        runner_pid = _pid(data.get("runner"))
+        if state in ("PENDING", "RUNNING") and runner_pid and not _alive(runner_pid):
             state = "LOST"  # the runner died without recording an outcome
-        code = data.get("exit_code")
+        code = _small_int(data.get("exit_code"))
         lines.append(f"{job_id}|{state}|{'' if code is None else code}")
     return lines
 
@@ -208,8 +249,9 @@ def find(state_dir: Path) -> list[str]:
     lines = []
     for path in sorted((state_dir / "jobs").glob("*.json")):
         data = read_state(state_dir, path.stem)
-        if data and data.get("marker"):
-            lines.append(f"{path.stem}|{data['marker']}")
+        marker = data.get("marker") if data else None
+        if isinstance(marker, str) and marker and "\n" not in marker and "|" not in marker:
+            lines.append(f"{path.stem}|{marker}")
     return lines
 
 
@@ -220,9 +262,11 @@ def cancel(state_dir: Path, job_ids: list[str]) -> int:
         if data is None:
             print(f"localbatch: unknown job {job_id}", file=sys.stderr)
             failures += 1
-        elif data.get("state") in ("PENDING", "RUNNING") and data.get("runner"):
+            continue
+        pid = _pid(data.get("runner"))
+        if data.get("state") in ("PENDING", "RUNNING") and pid:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(int(data["runner"]), signal.SIGTERM)
+                os.kill(pid, signal.SIGTERM)
     return 1 if failures else 0
 
 
@@ -234,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("args", nargs="*")
     opts = parser.parse_intermixed_args(argv)
     state_dir: Path = opts.state_dir
-    state_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(state_dir)
     if opts.action == "submit":
         print(submit(state_dir, opts.slots, Path(opts.args[0]).resolve()))
         return 0

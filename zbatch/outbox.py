@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,17 +24,21 @@ from tenacity import (
     wait_exponential,
 )
 
+from zbatch import safejson
 from zbatch.envelope import StepMessage
-from zbatch.errors import TransportError
+from zbatch.errors import RecipeError, TransportError
 from zbatch.jobs import atomic_write
 from zbatch.transport.base import Transport
 
 log = logging.getLogger(__name__)
+_SECONDS = re.compile(r"[0-9]{1,7}(?:\.[0-9]{0,6})?")
+# An outbox holds one job's messages; a file bigger than this was not written by zbatch.
+MAX_OUTBOX_BYTES = 4 * safejson.MAX_MESSAGE_BYTES
 
 
 def retry_window_s() -> float:
-    value = os.environ.get("ZBATCH_SEND_RETRY_S", "")
-    return float(value) if value.replace(".", "", 1).isdigit() else 600.0
+    value = os.environ.get("ZBATCH_SEND_RETRY_S", "").strip()
+    return float(value) if _SECONDS.fullmatch(value) else 600.0
 
 
 class Outbox:
@@ -48,9 +53,22 @@ class Outbox:
 
     @classmethod
     def from_text(cls, path: Path, text: str, make_transport: Callable[[], Transport]) -> Outbox:
-        lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+        """An outbox as `_save` wrote it; RecipeError for anything else (a job may write it)."""
+        if len(text) > MAX_OUTBOX_BYTES:
+            raise RecipeError(f"outbox {path}: over the {MAX_OUTBOX_BYTES}-byte limit")
+        lines = [
+            safejson.loads(line, f"outbox {path} line {number}")
+            for number, line in enumerate(text.splitlines(), 1)
+            if line.strip()
+        ]
+        if not lines or not isinstance(lines[0], dict) or "message" not in lines[0]:
+            raise RecipeError(f"outbox {path}: the first line must hold the step message")
         box = cls(path, StepMessage.from_body(lines[0]["message"], str(path)), make_transport)
-        box.pending = [(entry["channel"], entry["payload"]) for entry in lines[1:]]
+        for number, entry in enumerate(lines[1:], 2):
+            channel = entry.get("channel") if isinstance(entry, dict) else None
+            if not isinstance(channel, str) or not 0 < len(channel) <= 256:
+                raise RecipeError(f"outbox {path} line {number}: not a channel and payload")
+            box.pending.append((channel, entry.get("payload")))
         return box
 
     def add(self, channel: str, payload: Any) -> None:

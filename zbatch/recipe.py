@@ -9,14 +9,29 @@ from __future__ import annotations
 import _string  # type: ignore[import-not-found]
 import copy
 import json
+import re
 import string
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from zbatch import safejson
 from zbatch.errors import RecipeError
 
 Links = list[int] | dict[str, list[int]]
+_NODE_KEY = re.compile(r"[0-9]{1,9}")
+# A placeholder's format spec may pad or cut to at most this many characters: `{p:>1500000000}`
+# would otherwise allocate 1.5 GB from a few bytes of recipe.
+MAX_FORMAT_WIDTH = 1000
+_SPEC_NUMBER = re.compile(r"\d+")
+# What filling placeholders may add to a recipe, in characters, whatever the recipe repeats.
+MAX_SUBSTITUTED_CHARS = safejson.MAX_MESSAGE_BYTES
+
+
+def _brief(value: object) -> str:
+    """A value for an error message: JSON, cut short (a hostile value may be megabytes)."""
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _is_int(value: object) -> bool:
@@ -29,7 +44,7 @@ def parse_links(value: object, where: str) -> Links:
         return [int(value)]  # type: ignore[call-overload]
     if isinstance(value, list):
         if not all(_is_int(v) for v in value):
-            raise RecipeError(f"{where}: invalid link {json.dumps(value)}: expected node numbers")
+            raise RecipeError(f"{where}: invalid link {_brief(value)}: expected node numbers")
         return [int(v) for v in value]
     if isinstance(value, dict):
         named: dict[str, list[int]] = {}
@@ -40,7 +55,7 @@ def parse_links(value: object, where: str) -> Links:
             named[str(name)] = links
         return named
     raise RecipeError(
-        f"{where}: invalid link {json.dumps(value, default=str)}: "
+        f"{where}: invalid link {_brief(value)}: "
         "expected a node number, a list of them, or a dict of named outputs"
     )
 
@@ -64,20 +79,27 @@ class Recipe:
     error_first: bool = False
 
     @classmethod
-    def from_json(cls, data: object, source: str = "recipe") -> Recipe:
+    def from_json(
+        cls, data: object, source: str = "recipe", *, depth_checked: bool = False
+    ) -> Recipe:
+        """A validated recipe from JSON text or a parsed object.
+
+        Text is parsed with `safejson`'s size and depth limits; an object is checked for
+        depth unless the caller has just done so (`depth_checked`).
+        """
         if isinstance(data, str | bytes):
-            try:
-                data = json.loads(data)
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise RecipeError(f"{source}: not valid JSON: {exc}") from None
+            data = safejson.loads(data, source)
+        elif not depth_checked:
+            safejson.check_depth(data, source)
         if not isinstance(data, dict) or not data:
             raise RecipeError(f"{source}: a recipe must be a non-empty JSON object")
         nodes: dict[int, dict[str, Any]] = {}
         for key, node in data.items():
             if key in ("start", "error"):
                 continue
-            if not (isinstance(key, str) and key.isdigit() and key == str(int(key))):
-                raise RecipeError(f"{source}: node key {key!r} is not a node number")
+            # ASCII digits only: "²".isdigit() is true, but int("²") fails.
+            if not (isinstance(key, str) and _NODE_KEY.fullmatch(key) and key == str(int(key))):
+                raise RecipeError(f"{source}: node key {str(key)[:40]!r} is not a node number")
             if int(key) == 0:
                 raise RecipeError(f"{source}: node 0 is not allowed; number nodes from 1")
             if not isinstance(node, dict):
@@ -100,12 +122,13 @@ class Recipe:
 
     @classmethod
     def load(cls, path: str) -> Recipe:
+        limit = safejson.MAX_FILE_BYTES
         try:
             with open(path, "rb") as handle:
-                raw = handle.read()
+                raw = handle.read(limit + 1)
         except OSError as exc:
             raise RecipeError(f"{path}: cannot read recipe: {exc.strerror}") from None
-        return cls.from_json(raw, source=path)
+        return cls.from_json(safejson.loads(raw, path, max_bytes=limit), source=path)
 
     def validate(self, source: str = "recipe") -> None:
         for node_id, _ in self.start:
@@ -171,9 +194,14 @@ class Recipe:
         return Recipe(nodes, start, error, self.error_first)
 
     def apply_parameters(self, parameters: Mapping[str, Any]) -> Recipe:
-        """Fill `{name}` placeholders as workflows does; unknown ones stay as they are."""
-        nodes = {k: substitute(v, parameters) for k, v in self.nodes.items()}
-        start = [(n, substitute(p, parameters)) for n, p in self.start]
+        """Fill `{name}` placeholders as workflows does; unknown ones stay as they are.
+
+        Raises RecipeError when a placeholder pads beyond MAX_FORMAT_WIDTH or the filled
+        values add more than MAX_SUBSTITUTED_CHARS in all.
+        """
+        filler = _Filler(parameters)
+        nodes = {k: filler.fill(v) for k, v in self.nodes.items()}
+        start = [(n, filler.fill(p)) for n, p in self.start]
         return Recipe(nodes, start, list(self.error), self.error_first)
 
 
@@ -184,8 +212,7 @@ def _parse_start(value: object, source: str) -> list[tuple[int, Any]]:
     for item in value:
         if not (isinstance(item, list | tuple) and len(item) == 2 and _is_int(item[0])):
             raise RecipeError(
-                f"{source}: start entry {json.dumps(item, default=str)} "
-                "must be a [node number, payload] pair"
+                f"{source}: start entry {_brief(item)} must be a [node number, payload] pair"
             )
         start.append((int(item[0]), item[1]))
     return start
@@ -251,7 +278,14 @@ class _Lenient(dict[str, Any]):
 
 
 class _IndexOnlyFormatter(string.Formatter):
-    """`{a[b]}` indexing only: attribute access (`{a.__class__}`) would leak Python internals."""
+    """`{a[b]}` indexing only: attribute access (`{a.__class__}`) would leak Python internals.
+
+    Format specs are bounded (no width or precision over MAX_FORMAT_WIDTH) and so is the
+    text the fields add over the formatter's life (`budget`, in characters).
+    """
+
+    def __init__(self, budget: int = MAX_SUBSTITUTED_CHARS) -> None:
+        self.budget = budget
 
     def get_field(self, field_name: str, args: Any, kwargs: Any) -> Any:
         _, rest = _string.formatter_field_name_split(field_name)
@@ -259,24 +293,78 @@ class _IndexOnlyFormatter(string.Formatter):
             raise KeyError(field_name)
         return super().get_field(field_name, args, kwargs)
 
+    def format_field(self, value: Any, format_spec: str) -> Any:
+        if isinstance(value, _Placeholder):
+            return value.__format__(format_spec)  # stays as text: nothing is padded
+        for number in _SPEC_NUMBER.findall(format_spec):
+            if len(number) > 4 or int(number) > MAX_FORMAT_WIDTH:
+                raise RecipeError(
+                    f"placeholder format {format_spec[:40]!r}: a width or precision over "
+                    f"{MAX_FORMAT_WIDTH} is not allowed"
+                )
+        text = super().format_field(value, format_spec)
+        self.charge(len(text))
+        return text
+
+    def charge(self, size: int) -> None:
+        self.budget -= size
+        if self.budget < 0:
+            raise RecipeError(
+                f"filling the recipe's placeholders adds more than {MAX_SUBSTITUTED_CHARS} "
+                "characters: refused"
+            )
+
 
 _REPLACE = "{$REPLACE:"
 
 
-def substitute(value: Any, parameters: Mapping[str, Any]) -> Any:
-    if isinstance(value, str):
+class _Filler:
+    """Fills placeholders across one recipe, within one size budget."""
+
+    def __init__(self, parameters: Mapping[str, Any]) -> None:
+        self.parameters = parameters
+        self.formatter = _IndexOnlyFormatter()
+        self._sizes: dict[int, int] = {}
+
+    def _size(self, value: object) -> int:
+        # Charged once per object copied: its JSON length (cached, the same object recurs).
+        key = id(value)
+        if key not in self._sizes:
+            self._sizes[key] = len(json.dumps(value, default=str))
+        return self._sizes[key]
+
+    def fill(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self._fill_text(value)
+        if isinstance(value, dict):
+            filled: dict[Any, Any] = {}
+            for key, item in value.items():
+                new_key = self.fill(key)
+                if not isinstance(new_key, str | int | float | bool | None):
+                    raise RecipeError(
+                        f"placeholder {str(key)[:40]!r} in an object key must fill in text, "
+                        f"not {type(new_key).__name__}"
+                    )
+                filled[new_key] = self.fill(item)
+            return filled
+        if isinstance(value, list | tuple):
+            return [self.fill(v) for v in value]
+        return value
+
+    def _fill_text(self, value: str) -> Any:
         if value.startswith(_REPLACE) and value.endswith("}"):
             try:
-                found = _IndexOnlyFormatter().get_field(value[len(_REPLACE) : -1], (), parameters)
+                found = self.formatter.get_field(value[len(_REPLACE) : -1], (), self.parameters)
             except (KeyError, IndexError, TypeError, ValueError):
                 return None
+            self.formatter.charge(self._size(found[0]))
             return copy.deepcopy(found[0])
         try:
-            return _IndexOnlyFormatter().vformat(value, (), _Lenient(parameters))
+            return self.formatter.vformat(value, (), _Lenient(self.parameters))
         except (ValueError, IndexError, KeyError, TypeError, AttributeError):
             return value  # stray braces or a bad index: workflows leaves such text alone
-    if isinstance(value, dict):
-        return {substitute(k, parameters): substitute(v, parameters) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [substitute(v, parameters) for v in value]
-    return value
+
+
+def substitute(value: Any, parameters: Mapping[str, Any]) -> Any:
+    """`value` with `{name}` placeholders filled from `parameters` (see apply_parameters)."""
+    return _Filler(parameters).fill(value)

@@ -8,15 +8,14 @@ goes to its queue with environment `{"ID": guid}`. Anything unusable is dead-let
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from pathlib import Path
 from typing import Any
 
-from zbatch import safety
-from zbatch.envelope import start_messages
-from zbatch.errors import RecipeError, ZbatchError
+from zbatch import safejson, safety
+from zbatch.envelope import internal_reason, start_messages
+from zbatch.errors import RecipeError, TransportError, ZbatchError
 from zbatch.recipe import Recipe
 from zbatch.transport.base import Delivery, Transport
 
@@ -30,6 +29,10 @@ class RecipeStarter:
         self.recipe_dir = recipe_dir
 
     def handle(self, delivery: Delivery) -> str:
+        """Start the requested recipe, or dead-letter the request; never raises for a request.
+
+        Only the broker failing (TransportError) escapes: the request is then redelivered.
+        """
         try:
             recipe, parameters = self._read(delivery.body)
             started = recipe.apply_parameters(parameters)
@@ -38,6 +41,20 @@ class RecipeStarter:
             log.warning("processing request dead-lettered: %s", exc)
             self.transport.dead_letter(delivery, str(exc))
             return "dead-lettered"
+        except Exception as exc:  # a defect met by this request: it must not stop the service
+            log.exception("processing request %s: internal error", delivery.tag)
+            self.transport.dead_letter(delivery, internal_reason(exc))
+            return "dead-lettered"
+        try:
+            return self._start(delivery, messages, parameters)
+        except TransportError:
+            raise
+        except Exception as exc:
+            log.exception("processing request %s: internal error while starting", delivery.tag)
+            self.transport.dead_letter(delivery, internal_reason(exc))
+            return "dead-lettered"
+
+    def _start(self, delivery: Delivery, messages: list[Any], parameters: dict[str, Any]) -> str:
         for message in messages:
             self.transport.send_step(message)
         self.transport.ack(delivery)
@@ -45,10 +62,7 @@ class RecipeStarter:
         return "started"
 
     def _read(self, body: bytes) -> tuple[Recipe, dict[str, Any]]:
-        try:
-            request = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise RecipeError(f"processing request is not valid JSON: {exc}") from None
+        request = safejson.loads(body, "processing request")
         if not isinstance(request, dict):
             raise RecipeError("processing request must be a JSON object")
         names = request.get("recipes", [])
@@ -62,12 +76,15 @@ class RecipeStarter:
             raise RecipeError("processing request names no recipe and has no custom_recipe")
         recipes = [self._named(name) for name in names]
         if custom is not None:
-            recipes.append(Recipe.from_json(custom, source="custom_recipe"))
+            recipes.append(Recipe.from_json(custom, source="custom_recipe", depth_checked=True))
         merged = recipes[0]
         for other in recipes[1:]:
             merged = merged.merge(other)
-        parameters = {**parameters, "guid": str(parameters.get("guid") or uuid.uuid4())}
-        return merged, parameters
+        guid = parameters.get("guid") or str(uuid.uuid4())
+        if isinstance(guid, int) and not isinstance(guid, bool):
+            guid = str(guid)
+        safety.check_text(guid, "processing request parameters.guid", limit=256)
+        return merged, {**parameters, "guid": guid}
 
     def _named(self, name: object) -> Recipe:
         checked = safety.check(safety.NAME, name, "processing request recipe name")

@@ -8,6 +8,7 @@ serves stay on their queues and are listed at the end.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Any
 
 from zbatch import safety
 from zbatch.cluster import Cluster
-from zbatch.envelope import StepMessage, start_messages
+from zbatch.envelope import StepMessage, internal_reason, start_messages
 from zbatch.errors import ZbatchError
 from zbatch.jobs import JobState, result_record_path
 from zbatch.ledger import Ledger, LedgerEntry
@@ -28,6 +29,8 @@ from zbatch.submitter import Submitter, wrapper_reported
 from zbatch.tracker import Settled, Tracker
 from zbatch.transport.embedded import EmbeddedTransport
 from zbatch.transport.factory import TransportConfig
+
+log = logging.getLogger(__name__)
 
 Printer = Callable[[str], None]
 
@@ -111,11 +114,14 @@ class RecipeRunner:
                 try:
                     message = StepMessage.from_body(delivery.body, source=f"queue {queue}")
                     done = submitter.submit(message)
-                except ZbatchError as exc:
-                    transport.dead_letter(delivery, str(exc))
-                    self.echo(f"  step message on {queue} refused: {exc}")
+                except Exception as exc:  # a defect fails its step, not the whole run
+                    reason = str(exc) if isinstance(exc, ZbatchError) else internal_reason(exc)
+                    if not isinstance(exc, ZbatchError):
+                        log.exception("step message on %s: %s", queue, reason)
+                    transport.dead_letter(delivery, reason)
+                    self.echo(f"  step message on {queue} refused: {reason}")
                     self.outcomes[-delivery.tag] = StepOutcome(
-                        -delivery.tag, JobState.FAILED, None, "", str(exc)
+                        -delivery.tag, JobState.FAILED, None, "", reason
                     )
                     continue
                 transport.ack(delivery)

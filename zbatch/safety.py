@@ -53,11 +53,22 @@ DENIED_ENV = frozenset(
         "RES_OPTIONS", "NLSPATH", "MALLOC_CHECK_", "TZDIR", "GIT_SSH", "GIT_SSH_COMMAND",
         "SSH_ASKPASS", "EDITOR", "VISUAL", "PAGER", "LESSOPEN", "MODULEPATH", "LOADEDMODULES",
         "NSLOTS", "JOB_ID", "ZOCALO_CONFIG",
+        # bash's EXECIGNORE hides programs from the PATH search; glibc's LOCPATH loads locales
+        "EXECIGNORE", "LOCPATH", "JDK_JAVA_OPTIONS", "JAVA_HOME", "GEM_PATH", "GEM_HOME",
+        "R_LIBS", "R_LIBS_USER", "R_LIBS_SITE", "R_PROFILE", "R_PROFILE_USER", "R_ENVIRON",
+        "R_ENVIRON_USER", "JULIA_LOAD_PATH", "JULIA_DEPOT_PATH", "QT_PLUGIN_PATH", "GTK_PATH",
+        "GTK_MODULES", "GIO_EXTRA_MODULES", "GST_PLUGIN_PATH", "OMP_TOOL_LIBRARIES",
+        "DOTNET_STARTUP_HOOKS", "MODULESHOME", "_LMFILES_", "CURL_HOME", "WGETRC",
+        # where TLS trust and web traffic go
+        "CURL_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
+        "FTP_PROXY", "NO_PROXY",
     }
 )  # fmt: skip
 DENIED_ENV_PREFIXES = (
-    "LD_", "DYLD_", "PYTHON", "BASH_FUNC_", "ZBATCH_", "SLURM_", "SBATCH_", "SGE_",
-    "OMPI_MCA_", "LUA_", "TCL", "KRB5", "SSL_", "OPENSSL_", "GLIBC_", "MALLOC_",
+    "LD_", "DYLD_", "PYTHON", "BASH_", "ZBATCH_", "SLURM_", "SBATCH_", "SRUN_", "SALLOC_",
+    "SGE_", "OMPI_", "I_MPI_", "HYDRA_", "PMI_", "PMIX_", "LUA_", "TCL", "KRB5", "SSL_",
+    "OPENSSL_", "GLIBC_", "MALLOC_", "GIT_", "SSH_", "XDG_", "PERL", "RUBY", "NODE_", "LMOD_",
+    "CORECLR_",
 )  # fmt: skip
 
 

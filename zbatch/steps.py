@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -22,6 +23,9 @@ from zbatch.jobs import JobPaths, JobSpec
 from zbatch.profiles import Profile
 from zbatch.sge_args import translate_qsub_args
 from zbatch.units import parse_duration, parse_memory_mb
+
+# A path as the host that runs the job resolves it (symbolic links followed).
+Resolve = Callable[[str], str]
 
 CLUSTER_KEYS = (
     "scheduler",
@@ -57,9 +61,10 @@ class PreparedJob:
     files: dict[Path, str] = field(default_factory=dict)
 
     def staged_files(self) -> list[FileToPut]:
-        """What to write before submitting: the step's files, then the (executable) script."""
+        """What to write before submitting: the step's files (0600), then the script (0700):
+        both readable by the job's user only, as the message holds the whole recipe."""
         return [FileToPut(PurePosixPath(path), text) for path, text in self.files.items()] + [
-            FileToPut(PurePosixPath(self.paths.script), self.script, mode=0o755)
+            FileToPut(PurePosixPath(self.paths.script), self.script, mode=0o700)
         ]
 
 
@@ -98,9 +103,12 @@ def _limit(value: int | None, maximum: int | None, what: str, profile: Profile) 
 class StepReader:
     """Reads one step's parameters against a profile; one instance per step."""
 
-    def __init__(self, message: StepMessage, profile: Profile) -> None:
+    def __init__(
+        self, message: StepMessage, profile: Profile, resolve: Resolve | None = os.path.realpath
+    ) -> None:
         self.message = message
         self.profile = profile
+        self.resolve = resolve  # real paths where the job runs; None: text checks only
         self.where = f"step {message.pointer}"
         params = message.step.get("parameters", {})
         if not isinstance(params, dict):
@@ -119,28 +127,43 @@ class StepReader:
     def opt(self, key: str) -> Any:
         return self.cluster.get(key)
 
-    def workdir(self) -> str:
+    def workdir_given(self) -> object:
+        """`parameters.workingdir`, or the default below the root, not yet checked."""
         given = self.params.get("workingdir")
         if given is None:
             root = self.profile.workdir_root or str(Path.home() / "zbatch-runs")
             tag = safety.safe_tag(self.message.recipe_id, 36)
             given = f"{os.path.expanduser(root)}/{tag}/step-{self.message.pointer}"
-        path = safety.check_path(given, f"{self.where}: parameters.workingdir")
-        limit = self.profile.workdir_root
-        return safety.check_within(
-            path,
-            os.path.expanduser(limit) if limit else None,
-            f"{self.where}: parameters.workingdir",
-        )
+        return given
+
+    def workdir(self) -> str:
+        """The job's folder: inside the profile's root as written and once resolved (on the
+        job's host), so neither `..` nor a symbolic link inside the root leads out of it."""
+        what = f"{self.where}: parameters.workingdir"
+        path = safety.check_path(self.workdir_given(), what)
+        return safety.check_within(path, confinement_root(self.profile), what, self.resolve)
 
     def environment(self) -> dict[str, str]:
+        """The profile's variables, then the step's: each name a shell identifier that does
+        not steer loaders or interpreters (unless the profile allows it by name), each value
+        one line of text (a line break would let a value start a command or a `#$` directive).
+        """
         env = dict(self.profile.environment)
-        given = self.opt("environment") or {}
+        given = self.opt("environment")
+        given = {} if given is None else given
+        what = f"{self.where}: parameters.cluster.environment"
         if not isinstance(given, dict):
-            raise ParameterError(f"{self.where}: parameters.cluster.environment must be an object")
+            raise ParameterError(f"{what} must be an object of NAME: value")
+        allowed = self.profile.allowed_environment
         for key, value in given.items():
-            safety.check(safety.ENV_KEY, key, f"{self.where}: environment variable name")
-            env[key] = safety.check_text(str(value), f"{self.where}: environment {key}")
+            name = safety.check_env_name(key, f"{self.where}: environment variable name", allowed)
+            if isinstance(value, bool) or not isinstance(value, str | int | float):
+                raise ParameterError(
+                    f"{what}: {name} must be text or a number, not {type(value).__name__}"
+                )
+            if isinstance(value, int) and value.bit_length() > 256:
+                raise ParameterError(f"{what}: {name} is a number too large for a variable")
+            env[name] = safety.check_text(str(value), f"{self.where}: environment {name}")
         return env
 
     def partition(self) -> str | None:
@@ -216,9 +239,12 @@ def _resources(reader: StepReader, legacy: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def read_step(message: StepMessage, profile: Profile) -> JobSpec:
-    """The JobSpec of a step, without its command (which needs the spec's paths)."""
-    reader = StepReader(message, profile)
+def read_step(
+    message: StepMessage, profile: Profile, resolve: Resolve | None = os.path.realpath
+) -> JobSpec:
+    """The JobSpec of a step, without its command (which needs the spec's paths); `resolve`
+    gives real paths on the host where the job runs (None: text checks only)."""
+    reader = StepReader(message, profile, resolve)
     where, opt = reader.where, reader.opt
     legacy = reader.legacy_overrides()
     project = message.step["parameters"].get("cluster_project")
@@ -279,23 +305,83 @@ def step_commands(message: StepMessage, profile: Profile) -> list[str] | None:
     return checked
 
 
-def envelope_files(message: StepMessage, paths: JobPaths) -> tuple[Path, dict[Path, str]]:
-    """The recipewrapper file (and optional recipe/environment files) a step's job reads."""
+ENVELOPE_KEYS = ("recipewrapper", "recipefile", "recipeenvironment")
+# Folders a wrapper is told in job_parameters (relative ones are below the job's folder).
+WRAPPER_DIRECTORY_KEYS = ("working_directory", "results_directory")
+
+
+def confinement_root(profile: Profile) -> str | None:
+    """The folder every path of a step must lie in (its real path too), or None."""
+    root = profile.workdir_root
+    return os.path.normpath(os.path.expanduser(root)) if root else None
+
+
+def envelope_files(
+    message: StepMessage,
+    paths: JobPaths,
+    root: str | None = None,
+    resolve: Resolve | None = os.path.realpath,
+) -> tuple[Path, dict[Path, str]]:
+    """The recipewrapper file (and optional recipe/environment files) a step's job reads.
+
+    A path the step names must lie inside `root` (when given), as written and once resolved
+    by `resolve` on the job's host: the files are written there before the job starts.
+    """
     params = message.step.get("parameters", {})
     where = f"step {message.pointer}"
-    wrap_path = params.get("recipewrapper")
-    recipewrapper = (
-        Path(safety.check_path(wrap_path, f"{where}: parameters.recipewrapper"))
-        if wrap_path
-        else paths.recipewrapper
-    )
+    named: dict[str, Path] = {}
+    for key in ENVELOPE_KEYS:
+        if params.get(key):
+            what = f"{where}: parameters.{key}"
+            path = safety.check_path(params[key], what)
+            named[key] = Path(safety.check_within(path, root, what, resolve))
+    recipewrapper = named.get("recipewrapper", paths.recipewrapper)
     files = {recipewrapper: json.dumps(message.to_body(), indent=2)}
-    if params.get("recipefile"):
-        recipefile = Path(
-            safety.check_path(params["recipefile"], f"{where}: parameters.recipefile")
-        )
-        files[recipefile] = json.dumps(message.recipe.to_json(), indent=2)
-    if params.get("recipeenvironment"):
-        env_path = safety.check_path(params["recipeenvironment"], f"{where}: recipeenvironment")
-        files[Path(env_path)] = json.dumps(message.environment, indent=2)
+    if "recipefile" in named:
+        files[named["recipefile"]] = json.dumps(message.recipe.to_json(), indent=2)
+    if "recipeenvironment" in named:
+        files[named["recipeenvironment"]] = json.dumps(message.environment, indent=2)
     return recipewrapper, files
+
+
+def wrapper_directory(given: object, workdir: str, what: str) -> str | None:
+    """A folder from job_parameters as the job will use it (relative ones are below the job's
+    folder), checked as a path; None when not given."""
+    if given is None or given == "":
+        return None
+    if not isinstance(given, str):
+        raise ParameterError(f"{what} must be a path, not {type(given).__name__}")
+    return safety.check_path(given if given.startswith("/") else f"{workdir}/{given}", what)
+
+
+def named_paths(message: StepMessage, profile: Profile) -> list[str]:
+    """Every path the step names that passes the text checks (the job's folder, its envelope
+    files, the wrapper's folders), so that they can all be resolved in one batch."""
+    found: list[str] = []
+
+    def add(value: object, relative_to: str | None = None) -> str | None:
+        try:
+            path = (
+                safety.check_path(value, "path")
+                if relative_to is None
+                else wrapper_directory(value, relative_to, "path")
+            )
+        except ParameterError:
+            return None  # refused with its own message when checked for real
+        if path is not None:
+            found.append(path)
+        return path
+
+    try:
+        reader = StepReader(message, profile, None)
+    except ParameterError:
+        return found
+    workdir = add(reader.workdir_given())
+    for key in ENVELOPE_KEYS:
+        if reader.params.get(key):
+            add(reader.params[key])
+    job = message.step.get("job_parameters")
+    if workdir is not None and isinstance(job, dict):
+        for key in WRAPPER_DIRECTORY_KEYS:
+            add(job.get(key), workdir)
+    return found

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -10,6 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from zbatch import safejson
 from zbatch.cluster import Cluster
 from zbatch.envelope import StepMessage
 from zbatch.errors import ClaimBusy, ZbatchError
@@ -41,7 +41,7 @@ class Submitter:
         self.profile = profile
         self.cluster = cluster
         self.ledger = ledger
-        self.context = context
+        self.context = context.on(cluster)  # step paths resolved where the jobs run
 
     def submit(self, message: StepMessage) -> Submitted:
         """Raises ZbatchError when the step is malformed or the cluster refuses it."""
@@ -132,11 +132,21 @@ class Submitter:
 
 
 def wrapper_reported(entry: LedgerEntry, cluster: Cluster) -> bool:
-    """Did the job's wrapper send its own success/failure? (Then zbatch must not send one.)"""
-    text = cluster.read_text(PurePosixPath(result_record_path(entry.message_path)))
+    """Did the job's wrapper send its own success/failure? (Then zbatch must not send one.)
+
+    The job wrote the record, so anything but an object with `"results_sent": true` counts
+    as "no": zbatch then reports the outcome itself.
+    """
+    path = result_record_path(entry.message_path)
+    text = cluster.read_text(PurePosixPath(path))
     if not text:
         return False
     try:
-        return bool(json.loads(text).get("results_sent"))
-    except ValueError:
+        record = safejson.loads(text, f"result record {path}")
+    except ZbatchError as exc:
+        log.warning("job %s: no valid result record: %s", entry.job_id, exc)
         return False
+    if not isinstance(record, dict):
+        log.warning("job %s: no valid result record: %s is not an object", entry.job_id, path)
+        return False
+    return record.get("results_sent") is True

@@ -2,6 +2,8 @@
 
 A job's outcome comes from the exit record its script wrote, checked against what the
 scheduler says. A job that left the scheduler without a record is `lost`, never `succeeded`.
+A job writes its records itself, so one that is malformed counts as no record, and an error
+met with one job is logged and that job skipped: polling goes on for the others.
 """
 
 from __future__ import annotations
@@ -125,10 +127,23 @@ class Tracker:
             self.failures += 1
             log.warning("status poll %d failed (%d in a row): %s", self.queries, self.failures, exc)
             return []
+        except Exception:  # a defect (say, in parsing odd scheduler output): back off, go on
+            self.failures += 1
+            log.exception("status poll %d failed (%d in a row)", self.queries, self.failures)
+            return []
         finally:
             self.last_query_s = time.monotonic() - started
         self.failures = 0
-        return [done for entry in active if (done := self._settle_one(entry, statuses))]
+        settled: list[tuple[LedgerEntry, Settled]] = []
+        for entry in active:
+            try:
+                done = self._settle_one(entry, statuses)
+            except Exception:
+                log.exception("job %s: cannot settle it (skipped this poll)", entry.job_id)
+                continue
+            if done is not None:
+                settled.append(done)
+        return settled
 
     def _settle_one(
         self, entry: LedgerEntry, statuses: dict[str, SchedulerStatus]

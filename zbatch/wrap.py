@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zbatch.envelope import StepMessage
-from zbatch.errors import RecipeError, ZbatchError
+from zbatch import safejson, safety
+from zbatch.envelope import StepMessage, internal_reason
+from zbatch.errors import ParameterError, RecipeError, ZbatchError
 from zbatch.heartbeat import END, ERROR, PROCESSING, Heartbeat
 from zbatch.jobs import atomic_write, outbox_path, result_record_path
 from zbatch.outbox import Outbox
@@ -35,19 +36,29 @@ EXIT_CANCELLED = 143
 
 
 def allocated_cpus() -> int:
+    """The cpus the scheduler gave the job; 1 (with a warning) when it says nothing usable.
+
+    The variables may come from a step's environment, so junk ("²", "", "-1", 400 digits)
+    must not stop the job: it is ignored, with a warning.
+    """
     for var in ("SLURM_CPUS_PER_TASK", "NSLOTS", "ZBATCH_CPUS"):
-        value = os.environ.get(var, "")
-        if value.isdigit() and int(value) > 0:
-            return int(value)
+        if var not in os.environ:
+            continue
+        try:
+            return safety.parse_int(os.environ[var], var, minimum=1)
+        except ParameterError as exc:
+            log.warning("ignoring %s: %s", var, exc)
     return 1
 
 
 def load_message(path: Path) -> StepMessage:
+    limit = safejson.MAX_MESSAGE_BYTES
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as handle:
+            raw = handle.read(limit + 1)
     except OSError as exc:
         raise RecipeError(f"{path}: cannot read recipe wrapper: {exc.strerror}") from None
-    return StepMessage.from_body(raw, source=str(path))
+    return StepMessage.from_body(raw, source=str(path), max_bytes=limit)
 
 
 @dataclass
@@ -57,7 +68,7 @@ class WrapRun:
     record_path: Path
 
     def build(self) -> tuple[Path, list[str]]:
-        workdir = self.wrapper.working_directory()
+        workdir = self.wrapper.confined_working_directory()  # inside the profile's root
         return workdir, self.wrapper.command(workdir)
 
     def execute(self, outbox: Outbox, heartbeat: Heartbeat) -> int:
@@ -70,7 +81,7 @@ class WrapRun:
         stopped_by = ""
         try:
             workdir, argv = self.build()
-            workdir.mkdir(parents=True, exist_ok=True)
+            workdir = self.wrapper.create_directory(workdir)
             self.wrapper.prepare(workdir)
             heartbeat.set(PROCESSING)
             run = run_tool(argv, workdir, self.wrapper.timeout_s())
@@ -84,6 +95,9 @@ class WrapRun:
                 outcome.summary.setdefault("stdout", run.stdout_tail)
         except (ZbatchError, OSError) as exc:
             outcome = Outcome(False, str(exc))
+        except Exception as exc:  # a wrapper's defect still ends in failure + completed
+            log.exception("wrapper %s failed with an internal error", self.wrapper.name)
+            outcome = Outcome(False, internal_reason(exc))
         heartbeat.set(END if outcome.success else ERROR)
         queue_outcome(outbox, outcome)
         sent = outbox.flush()
@@ -137,12 +151,20 @@ def queue_outcome(outbox: Outbox, outcome: Outcome) -> None:
 
 
 def wrap(
-    name: str, recipewrapper: Path, make_transport: Callable[[], Transport], dry_run: bool = False
+    name: str,
+    recipewrapper: Path,
+    make_transport: Callable[[], Transport],
+    dry_run: bool = False,
+    workdir_root: str | None = None,
 ) -> tuple[int, str]:
-    """Run wrapper `name` on the message in `recipewrapper`; (exit code, one-line summary)."""
+    """Run wrapper `name` on the message in `recipewrapper`; (exit code, one-line summary).
+    `workdir_root` (from the profile) confines the tool's folders and result files."""
     message = load_message(recipewrapper)
     context = RunContext(
-        message, allocated_cpus(), logging.LoggerAdapter(log, {"recipe_ID": message.recipe_id})
+        message,
+        allocated_cpus(),
+        logging.LoggerAdapter(log, {"recipe_ID": message.recipe_id}),
+        workdir_root,
     )
     wrapper = load_wrapper(name)(context)
     record_path = Path(result_record_path(str(recipewrapper)))

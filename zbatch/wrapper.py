@@ -7,14 +7,17 @@ command it builds (an argument list, never a shell line), then asks it what the 
 from __future__ import annotations
 
 import logging
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar
 
+from zbatch import safety
 from zbatch.envelope import StepMessage
 from zbatch.errors import WrapperError
+from zbatch.securefiles import make_dirs
 
 MAX_ARGUMENT = 128 * 1024
 
@@ -63,6 +66,10 @@ class RunContext:
     message: StepMessage
     cpus: int
     log: logging.LoggerAdapter[logging.Logger]
+    # The profile's workdir_root, given by the job script (`zbatch wrap --workdir-root`, which
+    # the dispatcher writes from the profile, never from the message): the tool's folders and
+    # the result files it reports must lie inside it once resolved. None: no confinement.
+    workdir_root: str | None = None
 
     @property
     def job_parameters(self) -> dict[str, Any]:
@@ -80,9 +87,41 @@ class Wrapper(ABC):
         self.params = context.job_parameters
 
     def working_directory(self) -> Path:
-        """Where the tool runs; `job_parameters.working_directory` or the job's cwd."""
+        """Where the tool runs: `job_parameters.working_directory` (a relative one is below the
+        job's folder) or the job's folder. Subclasses may add a folder below it; zbatch runs
+        the tool in `confined_working_directory()`, this path checked."""
         given = self.params.get("working_directory")
-        return Path(given) if isinstance(given, str) and given else Path.cwd()
+        if given is None or given == "":
+            return Path.cwd()
+        what = "job_parameters.working_directory"
+        if not isinstance(given, str):
+            raise WrapperError(f"{what} must be a path, not {type(given).__name__}")
+        return Path(os.path.abspath(safety.check_text(given, what, limit=4096)))
+
+    def confine(self, path: Path, what: str) -> Path:
+        """`path` made absolute (`..` removed as written), after checking that its real path
+        (symbolic links followed, on this host) lies inside the profile's workdir_root."""
+        absolute = Path(os.path.abspath(path))
+        root = self.context.workdir_root
+        if root is None:
+            return absolute
+        real, real_root = os.path.realpath(absolute), os.path.realpath(root)
+        if not safety.is_within(real, real_root):
+            how = "is" if real == str(absolute) else f"resolves to {real!r},"
+            raise WrapperError(
+                f"{what} {str(path)!r} {how} outside the profile's workdir_root {root!r}"
+            )
+        return absolute
+
+    def confined_working_directory(self) -> Path:
+        """`working_directory()`, refused (WrapperError) unless inside the profile's root."""
+        return self.confine(self.working_directory(), "working directory")
+
+    def create_directory(self, path: Path, what: str = "working directory") -> Path:
+        """Create `path` (missing folders 0700) and check again that it lies inside the root:
+        a link swapped in meanwhile is caught before the tool writes anything there."""
+        make_dirs(path)
+        return self.confine(path, what)
 
     def prepare(self, workdir: Path) -> None:  # noqa: B027 - optional hook
         """Write input files the tool needs before it starts."""

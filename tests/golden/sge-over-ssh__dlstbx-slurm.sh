@@ -13,13 +13,20 @@
 zbatch_exit_record=/dls/mx/data/mx1234-5/dc1/xia2-dials/zbatch-golden-0-1.exit
 zbatch_signal=""
 zbatch_child=""
+# Only builtins and `command -p` (the system's default PATH): the job's own PATH does not
+# decide what records its outcome.
 # shellcheck disable=SC2317  # called through trap, which shellcheck cannot see
+# The temporary name is unpredictable and noclobber (set -C, local to the function) refuses
+# to write through anything already there, such as a planted symbolic link.
 zbatch_write_exit() {
-    local rc=$?
+    local rc=$? now tmp -
+    set -C
+    printf -v now '%(%s)T' -1
+    tmp="$zbatch_exit_record.$$.$RANDOM$RANDOM.tmp"
     printf '{"exit_code": %d, "end_time": %s, "signal": "%s", "job_id": "%s"}\n' \
-        "$rc" "$(date +%s)" "$zbatch_signal" "${SLURM_JOB_ID:-${JOB_ID:-${ZBATCH_JOB_ID:-}}}" \
-        > "$zbatch_exit_record.tmp" \
-        && mv -f "$zbatch_exit_record.tmp" "$zbatch_exit_record"
+        "$rc" "$now" "$zbatch_signal" "${SLURM_JOB_ID:-${JOB_ID:-${ZBATCH_JOB_ID:-}}}" \
+        > "$tmp" \
+        && command -p mv -f "$tmp" "$zbatch_exit_record"
 }
 # shellcheck disable=SC2317
 zbatch_forward() {

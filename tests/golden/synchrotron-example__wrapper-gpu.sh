@@ -19,13 +19,20 @@
 zbatch_exit_record=/dls/mx/data/mx1234-5/refine/zbatch-golden-0-1.exit
 zbatch_signal=""
 zbatch_child=""
+# Only builtins and `command -p` (the system's default PATH): the job's own PATH does not
+# decide what records its outcome.
 # shellcheck disable=SC2317  # called through trap, which shellcheck cannot see
+# The temporary name is unpredictable and noclobber (set -C, local to the function) refuses
+# to write through anything already there, such as a planted symbolic link.
 zbatch_write_exit() {
-    local rc=$?
+    local rc=$? now tmp -
+    set -C
+    printf -v now '%(%s)T' -1
+    tmp="$zbatch_exit_record.$$.$RANDOM$RANDOM.tmp"
     printf '{"exit_code": %d, "end_time": %s, "signal": "%s", "job_id": "%s"}\n' \
-        "$rc" "$(date +%s)" "$zbatch_signal" "${SLURM_JOB_ID:-${JOB_ID:-${ZBATCH_JOB_ID:-}}}" \
-        > "$zbatch_exit_record.tmp" \
-        && mv -f "$zbatch_exit_record.tmp" "$zbatch_exit_record"
+        "$rc" "$now" "$zbatch_signal" "${SLURM_JOB_ID:-${JOB_ID:-${ZBATCH_JOB_ID:-}}}" \
+        > "$tmp" \
+        && command -p mv -f "$tmp" "$zbatch_exit_record"
 }
 # shellcheck disable=SC2317
 zbatch_forward() {
@@ -48,7 +55,7 @@ export ZOCALO_DEFAULT_ENV=live
 
 cd /dls/mx/data/mx1234-5/refine || exit 1
 (
-/dls_sw/apps/zbatch/bin/zbatch wrap --wrap generic --recipewrapper /dls/mx/data/mx1234-5/refine/zbatch-golden-0-1.recipewrap.json --transport embedded --embedded-db /var/lib/zbatch/queue.sqlite
+/dls_sw/apps/zbatch/bin/zbatch wrap --wrap generic --recipewrapper /dls/mx/data/mx1234-5/refine/zbatch-golden-0-1.recipewrap.json --transport embedded --embedded-db /var/lib/zbatch/queue.sqlite --workdir-root /dls
 ) &
 zbatch_child=$!
 # A trapped signal interrupts wait; keep waiting until the child has really ended.

@@ -145,7 +145,7 @@ def test_success_settles_succeeded(cluster: DrmaaCluster, make_job: MakeJob) -> 
     done = record(job)
     assert done is not None and (done.exit_code, done.signal) == (0, "")
     assert "hello from sge" in (cluster.read_text(PurePosixPath(job.paths.stdout)) or "")
-    assert os.stat(job.paths.script).st_mode & 0o777 == 0o755
+    assert os.stat(job.paths.script).st_mode & 0o777 == 0o700  # the job's user's only
 
 
 def test_exit_code_settles_failed(cluster: DrmaaCluster, make_job: MakeJob) -> None:

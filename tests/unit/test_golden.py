@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from zbatch.envelope import start_messages
-from zbatch.profiles import load_profile
+from zbatch.profiles import Profile, load_profile
 from zbatch.recipe import Recipe
 from zbatch.submission import JobContext, prepare_job
 
@@ -41,10 +41,19 @@ CASES = [
 ]
 
 
+def golden_profile(name: str) -> Profile:
+    """A shipped profile; the recipes name Diamond's /dls paths, so a profile confining jobs
+    elsewhere (the test services' /tmp) is given workdir_root /dls, as synchrotron-example."""
+    profile = load_profile(name)
+    if profile.workdir_root not in (None, "/dls"):
+        profile = profile.model_copy(update={"workdir_root": "/dls"})
+    return profile
+
+
 def render(profile_name: str, recipe_name: str) -> str:
     recipe = Recipe.load(str(RECIPES / f"{recipe_name}.json")).apply_parameters(PARAMS)
-    profile = load_profile(profile_name)
-    if profile_name == "local":  # the shipped local profile runs wrappers only
+    profile = golden_profile(profile_name)
+    if not profile.allow_commands:  # shipped local and synchrotron-example: no generic there
         profile = profile.model_copy(update={"allow_commands": True})
     message = start_messages(recipe, {"ID": "golden-0001"})[0]
     return prepare_job(message, profile, CONTEXT).script
@@ -97,7 +106,7 @@ def test_hostile_values_stay_quoted() -> None:
 def test_step_files_carry_the_envelope() -> None:
     recipe = Recipe.load(str(RECIPES / "dlstbx-slurm.json")).apply_parameters(PARAMS)
     message = start_messages(recipe, {"ID": "golden-0001"})[0]
-    job = prepare_job(message, load_profile("slurm-local"), CONTEXT)
+    job = prepare_job(message, golden_profile("slurm-local"), CONTEXT)
     path = Path("/dls/mx/data/mx1234-5/dc1/xia2-dials/.recipewrap")
     assert json.loads(job.files[path]) == message.to_body()
     assert f"--recipewrapper {path}" in job.script

@@ -63,14 +63,17 @@ def test_xia2_failure_reaches_the_failure_queue(
     tmp_path: Path, make_profile: Any, work_root: Path, zbatch: ZbatchRun
 ) -> None:
     sweep = make_dataset(tmp_path / "images", images=5)
+    # Jobs never inherit the dispatcher's environment: the switch travels in the step.
+    recipe = json.loads(EXAMPLE.read_text())
+    recipe["1"]["parameters"]["cluster"]["environment"] = {"STANDIN_FAIL": "1"}
     result = zbatch(
         "run",
-        str(EXAMPLE),
+        str(write_recipe(tmp_path / "r.json", recipe)),
         "--profile",
         str(make_profile()),
         "--param",
         f"dataset={sweep}",
-        env=standin_env(STANDIN_FAIL="1"),
+        env=standin_env(),
     )
     assert result.returncode == 1
     assert "step 1 failed" in result.stdout and "step 2" not in result.stdout
@@ -85,6 +88,7 @@ def test_time_limit_stops_a_running_xia2(
 ) -> None:
     recipe = json.loads(EXAMPLE.read_text())
     recipe["1"]["parameters"]["cluster"]["time_limit"] = 2
+    recipe["1"]["parameters"]["cluster"]["environment"] = {"STANDIN_SLEEP": "60"}
     sweep = make_dataset(tmp_path / "images", images=5)
     started = time.monotonic()
     result = zbatch(
@@ -94,7 +98,7 @@ def test_time_limit_stops_a_running_xia2(
         str(make_profile()),
         "--param",
         f"dataset={sweep}",
-        env=standin_env(STANDIN_SLEEP="60"),
+        env=standin_env(),
     )
     assert time.monotonic() - started < 30
     assert result.returncode == 1

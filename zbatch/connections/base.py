@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,9 +24,11 @@ class CommandResult:
 
 @dataclass(frozen=True)
 class FileToPut:
+    """A file to stage; readable by its owner only unless a mode says otherwise."""
+
     path: PurePosixPath
     data: str
-    mode: int = 0o644
+    mode: int = 0o600
 
 
 class Connection(ABC):
@@ -36,8 +39,9 @@ class Connection(ABC):
         """Run an argument list (never through a shell); raise ConnectionFailure if unreachable."""
 
     @abstractmethod
-    def put_file(self, path: PurePosixPath, data: str, mode: int = 0o644) -> None:
-        """Write `data` to `path` atomically (write, then rename), creating parent folders."""
+    def put_file(self, path: PurePosixPath, data: str, mode: int = 0o600) -> None:
+        """Write `data` to `path` atomically (write, then rename), creating missing parent
+        folders with mode 0700; no symbolic link at `path` or a temporary name is followed."""
 
     def put_files(self, files: Sequence[FileToPut]) -> None:
         """put_file for each; connections with round trips to save send them together."""
@@ -47,6 +51,11 @@ class Connection(ABC):
     @abstractmethod
     def read_file(self, path: PurePosixPath) -> str | None:
         """The file's text, or None when it does not exist."""
+
+    def resolve_paths(self, paths: Sequence[str]) -> list[str]:
+        """Each absolute path with every symbolic link resolved on this connection's host, as
+        `realpath -m` does: components that do not exist yet are kept as written."""
+        return [os.path.realpath(path) for path in paths]
 
     def warm_up(self) -> None:  # noqa: B027 - optional hook, most connections hold nothing
         """Open what the first commands would open (remote logins are slow), now."""

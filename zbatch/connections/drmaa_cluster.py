@@ -45,7 +45,7 @@ STATES: dict[str, JobState] = {
 }
 # The directives DRMAA sets as job template attributes (they would override nativeSpecification).
 ATTRIBUTES = {"-o": "outputPath", "-e": "errorPath", "-wd": "workingDirectory", "-N": "jobName"}
-# DRMAA jobs are binary by default: the shepherd execs the script file (hence mode 0755 and its
+# DRMAA jobs are binary by default: the shepherd execs the script file (hence mode 0700 and its
 # #! line) and never reads its `#$` lines. Said explicitly in case a site default says -b n.
 BINARY = ["-b", "y", "-shell", "no"]
 _ENDED_KEPT = 10_000  # verdicts of reaped jobs kept for a retried poll

@@ -9,7 +9,8 @@ from pathlib import Path, PurePosixPath
 
 from zbatch.connections.base import CommandResult, Connection
 from zbatch.errors import ConnectionFailure
-from zbatch.jobs import atomic_write
+from zbatch.jobenv import scrubbed_environment
+from zbatch.securefiles import atomic_write, make_dirs
 
 
 class LocalConnection(Connection):
@@ -26,6 +27,9 @@ class LocalConnection(Connection):
                 timeout=limit,
                 check=False,
                 stdin=subprocess.DEVNULL,
+                # Scheduler commands pass their environment into jobs (sbatch exports it all):
+                # only the allow-listed variables go, never the broker's credentials.
+                env=scrubbed_environment(),
             )
         except FileNotFoundError:
             raise ConnectionFailure(
@@ -35,10 +39,10 @@ class LocalConnection(Connection):
             raise ConnectionFailure(f"{argv[0]} did not answer within {limit:g} s") from None
         return CommandResult(list(argv), done.returncode, done.stdout, done.stderr)
 
-    def put_file(self, path: PurePosixPath, data: str, mode: int = 0o644) -> None:
+    def put_file(self, path: PurePosixPath, data: str, mode: int = 0o600) -> None:
         target = Path(path)
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(target.parent)
             atomic_write(target, data, mode)
         except OSError as exc:
             raise ConnectionFailure(

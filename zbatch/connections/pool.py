@@ -50,7 +50,7 @@ class ConnectionPool(Connection):
         with self._borrow() as connection:
             return connection.run(argv, timeout)
 
-    def put_file(self, path: PurePosixPath, data: str, mode: int = 0o644) -> None:
+    def put_file(self, path: PurePosixPath, data: str, mode: int = 0o600) -> None:
         with self._borrow() as connection:
             connection.put_file(path, data, mode)
 
@@ -61,6 +61,10 @@ class ConnectionPool(Connection):
     def read_file(self, path: PurePosixPath) -> str | None:
         with self._borrow() as connection:
             return connection.read_file(path)
+
+    def resolve_paths(self, paths: Sequence[str]) -> list[str]:
+        with self._borrow() as connection:
+            return connection.resolve_paths(paths)
 
     def warm_up(self) -> None:
         """Open every connection of the pool at once (each logs in: ~0.2 s on a busy host)."""

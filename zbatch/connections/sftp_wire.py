@@ -5,16 +5,24 @@ staging two files takes eight round trips and sixteen packets, and on a busy log
 packets, not the bytes, are the cost. SFTP lets a client send many requests at once, and
 OpenSSH's sftp-server answers them in order, so `SftpSession` sends each phase of a job's
 staging (all opens; all writes and closes; all renames) as ONE channel write and reads the
-answers together: three round trips per job, whatever the number of files. Renames are only
-sent once every write succeeded, so a final name never points at a partial file.
+answers together: three round trips per job, whatever the number of files (the folders to
+create go with the opens). Renames are only sent once every write succeeded, so a final name
+never points at a partial file.
+
+Nothing is written through a symbolic link someone planted: each file is first created under
+a random temporary name with CREAT|EXCL (an existing name, link or not, fails the open), its
+mode is set on the open handle (FSETSTAT, so the server's umask does not matter), and
+posix-rename then replaces whatever is at the final name, a link included, without following
+it. Folders are created with mode 0700.
 """
 
 from __future__ import annotations
 
 import errno
+import posixpath
 import secrets
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -24,10 +32,11 @@ import paramiko
 from zbatch.connections.base import FileToPut
 
 # Packet types (draft-ietf-secsh-filexfer-02).
-INIT, VERSION, OPEN, CLOSE, READ, WRITE, REMOVE, MKDIR = 1, 2, 3, 4, 5, 6, 13, 14
-STATUS, HANDLE, DATA, EXTENDED = 101, 102, 103, 200
+INIT, VERSION, OPEN, CLOSE, READ, WRITE, FSETSTAT, REMOVE, MKDIR = 1, 2, 3, 4, 5, 6, 10, 13, 14
+REALPATH = 16
+STATUS, HANDLE, DATA, NAME, EXTENDED = 101, 102, 103, 104, 200
 # OPEN flags and attribute flags.
-F_READ, F_WRITE, F_CREAT, F_TRUNC = 0x1, 0x2, 0x8, 0x10
+F_READ, F_WRITE, F_CREAT, F_TRUNC, F_EXCL = 0x1, 0x2, 0x8, 0x10, 0x20
 ATTR_PERMISSIONS = 0x4
 # STATUS codes.
 OK, EOF, NO_SUCH_FILE, PERMISSION_DENIED = 0, 1, 2, 3
@@ -97,7 +106,25 @@ def _pack(*fields: int | bytes | str) -> bytes:
 
 
 def temp_name(path: PurePosixPath) -> str:
-    return str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+    """A hidden name beside `path` that no one can predict (so no one can plant a link there)."""
+    return str(path.parent / f".{path.name[:200]}.{secrets.token_hex(8)}.tmp")
+
+
+def folder_requests(folders: Iterable[PurePosixPath]) -> list[Request]:
+    """MKDIR (mode 0700) for every ancestor of each folder, in order, without "/"; a folder
+    that exists already answers an error, which is ignored: it is kept as it is."""
+    chain = dict.fromkeys(
+        path for folder in folders for path in [*reversed(folder.parents), folder][1:]
+    )
+    return [(MKDIR, (str(path), ATTR_PERMISSIONS, 0o700)) for path in chain]
+
+
+def ancestors(path: str) -> list[str]:
+    """`path` and each folder above it, deepest first, down to "/"."""
+    chain = [path]
+    while chain[-1] != "/":
+        chain.append(posixpath.dirname(chain[-1]) or "/")
+    return chain
 
 
 class SftpSession:
@@ -121,17 +148,22 @@ class SftpSession:
         self.channel.close()
 
     # -- operations ------------------------------------------------------------------------
-    def put_files(self, files: Sequence[FileToPut]) -> None:
-        """Write each file to a temporary name, then rename it over the final one. Raises the
-        first refusal after removing the temporary files."""
+    def put_files(self, files: Sequence[FileToPut], folders: Iterable[PurePosixPath] = ()) -> None:
+        """Create `folders` (as `makedirs`, in the same round trip as the opens: the server
+        handles requests in order), write each file to a temporary name, then rename it over
+        the final one. Raises the first refusal after removing the temporary files."""
         temps = [temp_name(item.path) for item in files]
+        mkdirs = folder_requests(folders)
         try:
             opens = self.exchange(
                 [
-                    (OPEN, (temp, F_WRITE | F_CREAT | F_TRUNC, ATTR_PERMISSIONS, item.mode))
-                    for temp, item in zip(temps, files, strict=True)
+                    *mkdirs,
+                    *[
+                        (OPEN, (temp, F_WRITE | F_CREAT | F_EXCL, ATTR_PERMISSIONS, item.mode))
+                        for temp, item in zip(temps, files, strict=True)
+                    ],
                 ]
-            )
+            )[len(mkdirs) :]
             handles: list[bytes | None] = []
             errors: list[OSError] = []
             for temp, answer in zip(temps, opens, strict=True):
@@ -145,6 +177,8 @@ class SftpSession:
             for handle, temp, item in zip(handles, temps, files, strict=True):
                 if handle is not None:
                     data = item.data.encode()
+                    # The exact mode whatever the server's umask (open's attributes pass it).
+                    writes.append((FSETSTAT, (handle, ATTR_PERMISSIONS, item.mode)))
                     writes += [
                         (WRITE, (handle, *_offset(at), data[at : at + CHUNK]))
                         for at in range(0, len(data), CHUNK)
@@ -173,10 +207,33 @@ class SftpSession:
             raise
 
     def makedirs(self, folder: PurePosixPath) -> None:
-        """mkdir -p in one round trip: every ancestor is asked for, in order; only the folder
-        itself must exist afterwards (a failure there is left for the write to report)."""
-        chain = [*reversed(folder.parents), folder][1:]  # without "/"
-        self.exchange([(MKDIR, (str(path), 0)) for path in chain])
+        """mkdir -p in one round trip: every ancestor is asked for, in order, with mode 0700;
+        only the folder itself must exist afterwards (a failure there is left for the write
+        to report)."""
+        self.exchange(folder_requests([folder]))
+
+    def realpaths(self, paths: Sequence[str]) -> list[str]:
+        """Each absolute path with its symbolic links resolved by the server, in ONE round trip.
+
+        REALPATH needs the path to exist (OpenSSH lets only its last component be missing,
+        and follows a dangling link there), so it is asked for every ancestor of every path at
+        once; each path is the real path of its deepest ancestor that resolves, followed by the
+        components below it as written (what `realpath -m` prints).
+        """
+        chains = [ancestors(posixpath.normpath(path)) for path in paths]
+        asked = list(dict.fromkeys(p for chain in chains for p in chain))
+        answers = dict(zip(asked, self.exchange([(REALPATH, (p,)) for p in asked]), strict=True))
+        resolved = []
+        for chain in chains:
+            for ancestor in chain:
+                real = _name(answers[ancestor])
+                if real is not None:
+                    rest = posixpath.relpath(chain[0], ancestor)
+                    resolved.append(posixpath.normpath(posixpath.join(real, rest)))
+                    break
+            else:  # not even "/" resolved: the server is broken
+                raise SftpError(errno.EPROTO, f"the server resolves no folder of {chain[0]}")
+        return resolved
 
     def read(self, path: PurePosixPath) -> bytes | None:
         """The file's bytes, or None when it does not exist."""
@@ -231,6 +288,17 @@ class SftpSession:
             if not chunk:
                 raise EOFError("the sftp channel closed")
             self._buf += chunk
+
+
+def _name(answer: Answer) -> str | None:
+    """The first file name of a NAME answer (REALPATH's), or None for a refusal."""
+    if answer.kind != NAME:
+        return None
+    (count,) = struct.unpack_from(">I", answer.body, 0)
+    if count < 1:
+        return None
+    name = _string(answer.body, 4)[0].decode(errors="surrogateescape")
+    return name if name.startswith("/") else None
 
 
 def _offset(value: int) -> tuple[int, int]:

@@ -208,25 +208,35 @@ class SshConnection(Connection):
             raise ConnectionFailure(f"{argv[0]!r} not found on {self.where}", transient=False)
         return CommandResult(list(argv), reply.returncode, out, err)
 
-    def put_file(self, path: PurePosixPath, data: str, mode: int = 0o644) -> None:
+    def put_file(self, path: PurePosixPath, data: str, mode: int = 0o600) -> None:
         self.put_files([FileToPut(path, data, mode)])
 
     def put_files(self, files: Sequence[FileToPut]) -> None:
-        """Write-then-rename over SFTP, all files in three round trips (`sftp_wire`). The mode
-        is given to open(2), so the server's umask may clear bits of it."""
+        """Write-then-rename over SFTP, all files in three round trips (`sftp_wire`), missing
+        folders created (0700) in the first; modes are exact (set on the open handle), and no
+        symbolic link at a final or temporary name is followed."""
 
         def write(sftp: SftpSession) -> None:
-            # A round trip saved per job: skip the folder check for folders made already.
-            for folder in dict.fromkeys(item.path.parent for item in files):
-                if folder not in self._known_dirs:
-                    sftp.makedirs(folder)
-                    self._known_dirs[folder] = None
-                    if len(self._known_dirs) > KNOWN_DIRS:
-                        self._known_dirs.pop(next(iter(self._known_dirs)))
-            sftp.put_files(files)
+            # Folders made already are not asked for again (a few requests less per job).
+            folders = dict.fromkeys(item.path.parent for item in files)
+            new = [folder for folder in folders if folder not in self._known_dirs]
+            sftp.put_files(files, new)
+            for folder in new:
+                self._known_dirs[folder] = None
+                if len(self._known_dirs) > KNOWN_DIRS:
+                    self._known_dirs.pop(next(iter(self._known_dirs)))
 
         where = ", ".join(str(item.path) for item in files)
         self._file_op(f"write {where}", write, permanent=True)
+
+    def resolve_paths(self, paths: Sequence[str]) -> list[str]:
+        """Real paths on the remote host: every ancestor of every path goes out as an SFTP
+        REALPATH in one write, so a job's paths cost one round trip and no remote process."""
+        if not paths:
+            return []
+        return self._file_op(
+            f"resolve {', '.join(paths)}", lambda sftp: sftp.realpaths(paths), permanent=False
+        )
 
     def read_file(self, path: PurePosixPath) -> str | None:
         def read(sftp: SftpSession) -> str | None:

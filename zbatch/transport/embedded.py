@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from zbatch.errors import TransportError
+from zbatch.securefiles import create_private, make_dirs
 from zbatch.transport.base import ORIGIN_HEADER, REASON_HEADER, Delivery, Transport
 
 SCHEMA = """
@@ -59,7 +60,9 @@ class EmbeddedTransport(Transport):
         if self._db is not None:
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Private: 0700 folder, 0600 file (SQLite gives -wal and -shm the same mode).
+            make_dirs(self.path.parent)
+            create_private(self.path)
             db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")

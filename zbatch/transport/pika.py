@@ -341,4 +341,4 @@ class PikaTransport(Transport):
             del self._queues[queue]
 
     def _describe(self, exc: BaseException) -> str:
-        return describe(exc, self.settings.password)
+        return self.settings.redact(describe(exc, self.settings.password))

@@ -9,7 +9,9 @@ sit in a world-readable config) and a few connection tunables. The password neve
 from __future__ import annotations
 
 import configparser
+import functools
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -44,6 +46,8 @@ class RabbitSettings:
     user: str = "guest"
     password: str = field(default="guest", repr=False)
     vhost: str = "/"
+    # Other spellings of the password (as percent-encoded in a URL), redacted like it.
+    password_forms: tuple[str, ...] = field(default=(), repr=False, compare=False)
     # pika answers heartbeats only inside transport calls: keep gaps between calls well under
     # twice this, or the broker drops the connection (and requeues what was unacked).
     heartbeat_s: int = 30
@@ -68,6 +72,14 @@ class RabbitSettings:
         vhost = "" if self.vhost == "/" else quote(self.vhost, safe="")
         return f"amqp://{quote(self.user, safe='')}@{self.host}:{self.port}/{vhost}"
 
+    def redact(self, text: str) -> str:
+        """`text` with the password replaced by ***, in every spelling it may appear in: as
+        is, percent-encoded (any mix of encoded characters, either case), `+` for spaces."""
+        for secret in sorted({*self.password_forms}, key=len, reverse=True):
+            if secret:
+                text = text.replace(secret, "***")
+        return _spellings(self.password).sub("***", text) if self.password else text
+
     @property
     def where(self) -> str:
         """host:port/vhost, for error messages (no credentials)."""
@@ -80,8 +92,13 @@ class RabbitSettings:
         try:
             with open(path, encoding="utf-8") as handle:
                 parser.read_file(handle)
-        except (OSError, configparser.Error) as exc:
-            raise _bad(f"cannot read RabbitMQ settings {path}: {exc}") from None
+        except OSError as exc:
+            raise _bad(f"cannot read RabbitMQ settings {path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise _bad(f"cannot read RabbitMQ settings {path}: not UTF-8 text") from None
+        except configparser.Error as exc:
+            # configparser quotes the offending line, which may be the password: never shown.
+            raise _bad(f"cannot read RabbitMQ settings {path}: {_ini_problem(exc)}") from None
         if not parser.has_section("rabbit"):
             raise _bad(f"{path}: no [rabbit] section")
         items = dict(parser.items("rabbit"))
@@ -95,18 +112,29 @@ class RabbitSettings:
 
     @classmethod
     def from_url(cls, url: str) -> RabbitSettings:
-        parts = urlsplit(url)
+        """Settings from `amqp://user:password@host:port/vhost?option=value`.
+
+        Errors never quote the URL: it may hold the password.
+        """
+        try:
+            parts = urlsplit(url)
+            hostname = parts.hostname
+        except ValueError:  # e.g. an unclosed "[" of an IPv6 address
+            raise _bad(
+                "the RabbitMQ URL is malformed (check the host and any [IPv6] brackets)"
+            ) from None
         if parts.scheme != "amqp":
             raise _bad(f"only amqp:// URLs are supported, not {parts.scheme or 'no'} scheme")
         try:
             port = parts.port
         except ValueError:
-            raise _bad("the URL's port is not a number") from None
-        values: dict[str, Any] = {"host": parts.hostname or "localhost", "port": port or 5672}
+            raise _bad("the URL's port is not a number from 1 to 65535") from None
+        values: dict[str, Any] = {"host": hostname or "localhost", "port": port or 5672}
         if parts.username is not None:
             values["user"] = unquote(parts.username)
         if parts.password is not None:
             values["password"] = unquote(parts.password)
+            values["password_forms"] = (parts.password,)
         if parts.path not in ("", "/"):
             values["vhost"] = unquote(parts.path[1:])
         query = dict(parse_qsl(parts.query))
@@ -134,19 +162,48 @@ class RabbitSettings:
             secret = Path(path).expanduser().read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise _bad(f"cannot read the RabbitMQ password file {path}: {exc.strerror}") from None
-        return replace(self, password=secret)
+        except UnicodeDecodeError:
+            raise _bad(f"the RabbitMQ password file {path} is not UTF-8 text") from None
+        return replace(self, password=secret, password_forms=())
 
 
-def _build(values: dict[str, str | int], source: str) -> RabbitSettings:
+@functools.lru_cache(maxsize=8)
+def _spellings(password: str) -> re.Pattern[str]:
+    """Matches `password` with each character as is or percent-encoded (UTF-8, any case)."""
+    parts = []
+    for char in password:
+        encoded = "".join(f"%{byte:02x}" for byte in char.encode("utf-8", "surrogatepass"))
+        options = [re.escape(char), f"(?i:{re.escape(encoded)})"] + (["\\+"] if char == " " else [])
+        parts.append(f"(?:{'|'.join(options)})")
+    return re.compile("".join(parts))
+
+
+def _ini_problem(exc: configparser.Error) -> str:
+    """What is wrong with an INI file, by line number, without quoting the line."""
+    if isinstance(exc, configparser.MissingSectionHeaderError):
+        return f"line {exc.lineno} comes before any [section] header"
+    if isinstance(exc, configparser.ParsingError):
+        lines = ", ".join(str(number) for number, _line in exc.errors)
+        return f"line {lines} is not 'key = value' (the line is not shown: it may hold a secret)"
+    if isinstance(exc, configparser.DuplicateOptionError | configparser.DuplicateSectionError):
+        return str(exc)  # names the section and key only
+    return type(exc).__name__
+
+
+def _build(values: dict[str, Any], source: str) -> RabbitSettings:
     """Coerce strings to each field's type, naming the bad key rather than failing on it."""
     kinds = {f.name: f.type for f in fields(RabbitSettings)}
     converted: dict[str, Any] = {}
     for name, value in values.items():
+        if name == "password_forms":
+            converted[name] = value
+            continue
         kind = {"int": int, "float": float}.get(str(kinds[name]), str)
         try:
             converted[name] = kind(value)
         except ValueError:
-            raise _bad(f"{source}: {name} must be a number, not {value!r}") from None
+            # The value is not shown: a password typed on the wrong line would be.
+            raise _bad(f"{source}: {name} must be a number") from None
     return RabbitSettings(**converted)
 
 
