@@ -203,15 +203,27 @@ def _publish(recipe: Recipe, config: TransportConfig, as_json: bool) -> None:
 
 def _print_entries(entries: list[LedgerEntry], as_json: bool) -> None:
     if as_json:
-        echo_json([e.__dict__ for e in entries])
+        # `owed`: the channels whose messages the step still owes its recipe, in order.
+        echo_json([{**e.__dict__, "owed": e.owes.channels} for e in entries])
         return
     for e in entries:
         code = "" if e.exit_code is None else f" exit {e.exit_code}"
         reason = f" ({e.reason})" if e.reason else ""
         click.echo(
             f"{e.job_id or '-':<10} {e.profile:<14} step {e.pointer:<3} {e.state}{code}"
-            f"{reason}  {e.workdir}"
+            f"{reason}  {e.workdir}{_owed_note(e)}"
         )
+
+
+def _owed_note(entry: LedgerEntry) -> str:
+    """What the step still owes its recipe (zbatch delivers it when the broker takes it)."""
+    owes = entry.owes
+    if not owes:
+        return ""
+    note = f"  owes: {', '.join(owes.channels)}"
+    if entry.owed_error:
+        note += f" (last try: {entry.owed_error})"
+    return note
 
 
 def _by_profile(entries: list[LedgerEntry]) -> dict[str, list[LedgerEntry]]:
@@ -226,16 +238,24 @@ def _by_profile(entries: list[LedgerEntry]) -> dict[str, list[LedgerEntry]]:
 @click.argument("jobs", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--no-refresh", is_flag=True, help="Show the ledger without asking the clusters.")
-def status(jobs: tuple[str, ...], as_json: bool, no_refresh: bool) -> None:
+@click.option(
+    "--owed", "owed_only", is_flag=True, help="Only steps that still owe their recipe messages."
+)
+def status(jobs: tuple[str, ...], as_json: bool, no_refresh: bool, owed_only: bool) -> None:
     """Tracked jobs and their states (all of them when no JOB id is given).
+
+    A step that ended while the broker was down still owes its recipe the messages its job
+    could not send ("owes: success, completed"), or zbatch's own failure report; the
+    dispatcher delivers them once the broker takes them.
 
     \b
     Example:
       zbatch status --json 1234 1235
+      zbatch status --owed
     """
     ledger = Ledger()
-    entries = list(ledger.find(list(jobs) or None))
-    if jobs and not entries:
+    entries = list(ledger.find(list(jobs) or None, owed_only=owed_only))
+    if jobs and not entries and not owed_only:
         fail(f"no tracked job matches {' '.join(jobs)}")
     if not no_refresh:
         for source, group in _by_profile([e for e in entries if e.active]).items():

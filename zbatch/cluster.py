@@ -8,9 +8,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import PurePosixPath
 
-from zbatch.connections.base import Connection
+from zbatch.connections.base import CommandResult, Connection
 from zbatch.connections.local import LocalConnection
-from zbatch.errors import ProfileError, SchedulerError
+from zbatch.errors import ClusterUnavailable, ProfileError, SchedulerError
 from zbatch.jobs import ExitRecord, JobPaths
 from zbatch.profiles import Profile
 from zbatch.schedulers import scheduler_for
@@ -75,10 +75,16 @@ class CommandCluster(Cluster):
         self.connection.put_files(job.staged_files())
         result = self.connection.run(self.scheduler.submit_argv(str(job.paths.script)))
         if result.returncode != 0:
-            raise SchedulerError(
-                f"{self.scheduler.name} refused job {job.spec.name}: {result.describe()}"
-            )
+            raise self._failure(result, f"{self.scheduler.name} refused job {job.spec.name}")
         return self.scheduler.parse_submit(result.stdout)
+
+    def _failure(self, result: CommandResult, what: str, transient: bool = False) -> SchedulerError:
+        """A failed command: the scheduler saying no, or its controller not answering."""
+        if self.scheduler.unavailable(result.stdout + "\n" + result.stderr):
+            return ClusterUnavailable(
+                f"{self.scheduler.name} controller unavailable: {result.describe()}"
+            )
+        return SchedulerError(f"{what}: {result.describe()}", transient=transient)
 
     def statuses(self, job_ids: Sequence[str]) -> dict[str, SchedulerStatus]:
         if not job_ids:
@@ -87,7 +93,7 @@ class CommandCluster(Cluster):
         if result.returncode != 0:
             if self.scheduler.status_error_is_empty(result.stderr):
                 return {}
-            raise SchedulerError(f"status query failed: {result.describe()}", transient=True)
+            raise self._failure(result, "status query failed", transient=True)
         return self.scheduler.parse_status(result.stdout, job_ids)
 
     def detail(self, job_id: str) -> SchedulerStatus | None:
@@ -105,13 +111,13 @@ class CommandCluster(Cluster):
             return None
         result = self.connection.run(argv)
         if result.returncode != 0:
-            raise SchedulerError(f"job lookup failed: {result.describe()}", transient=True)
+            raise self._failure(result, "job lookup failed", transient=True)
         return self.scheduler.parse_find(result.stdout, marker)
 
     def cancel(self, job_ids: Sequence[str]) -> None:
         result = self.connection.run(self.scheduler.cancel_argv(job_ids))
         if result.returncode != 0:
-            raise SchedulerError(f"cancel failed: {result.describe()}")
+            raise self._failure(result, "cancel failed")
 
     def read_text(self, path: PurePosixPath) -> str | None:
         return self.connection.read_file(path)

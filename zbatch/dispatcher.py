@@ -20,28 +20,32 @@ import time
 from collections import Counter as Tally
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
 
 from tenacity import RetryError, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from zbatch.cluster import Cluster
 from zbatch.envelope import StepMessage, internal_reason, is_recipe_message
-from zbatch.errors import ClaimBusy, TransportError, ZbatchError
-from zbatch.jobs import JobState, outbox_path
+from zbatch.errors import ClaimBusy, ClusterUnavailable, TransportError, ZbatchError
+from zbatch.jobs import JobState
 from zbatch.ledger import Ledger, LedgerEntry
 from zbatch.metrics import DispatcherMetrics
-from zbatch.outbox import Outbox
+from zbatch.outage import HandedBack, OutageGate, is_unavailability
+from zbatch.owed import SENT_FAILURE, SENT_OUTBOX, Deliverer
 from zbatch.profiles import Profile
 from zbatch.submission import JobContext
-from zbatch.submitter import RECOVERY_GRACE_S, Submitted, Submitter, wrapper_reported
+from zbatch.submitter import RECOVERY_GRACE_S, Submitted, Submitter
 from zbatch.tracker import Settled, Tracker
-from zbatch.transport.base import Delivery, Transport
+from zbatch.transport.base import Delivery, Transport, onward_outgoing
 
 log = logging.getLogger(__name__)
 
 NOTIFIED_SUBMITTED = 1  # ledger `reported` bits
-NOTIFIED_OUTCOME = 2
-NOTIFIED_OUTBOX = 4
+NOTIFIED_OUTCOME = SENT_FAILURE
+NOTIFIED_OUTBOX = SENT_OUTBOX
+# Owed results: at most this many steps per turn of the loop (intake goes on between), and
+# the longest wait between tries while the broker is down.
+OWED_PER_CYCLE = 100
+OWED_MAX_BACKOFF_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -66,8 +70,14 @@ class DispatcherConfig:
 
 
 def _transient(exc: BaseException) -> bool:
-    # A busy claim is not retried here: the message goes back to the queue instead.
-    return isinstance(exc, ZbatchError) and exc.transient and not isinstance(exc, ClaimBusy)
+    # A busy claim is not retried here: the message goes back to the queue instead. An
+    # unreachable cluster was waited out already, up to the outage budget.
+    return (
+        isinstance(exc, ZbatchError)
+        and exc.transient
+        and not isinstance(exc, ClaimBusy)
+        and not is_unavailability(exc)
+    )
 
 
 class Dispatcher:
@@ -92,7 +102,17 @@ class Dispatcher:
         self.outcomes: Tally[str] = Tally()
         self._next_poll = 0.0
         self._poller = ThreadPoolExecutor(1, thread_name_prefix="zbatch-track")
+        self._stopping = threading.Event()
+        self.gate = OutageGate(
+            f"{cluster.scheduler_name} ({profile.name})",
+            profile.outage_budget_s,
+            on_change=self.metrics.set_cluster_available,
+        )
         self._polling: Future[list[tuple[LedgerEntry, Settled]]] | None = None
+        self.owed = Deliverer(ledger, cluster, transport)
+        self._owed_next = 0.0
+        self._owed_failures = 0
+        self._owed_outage: float | None = None  # since when the broker refuses owed results
 
     def serve(self, stop: threading.Event, max_messages: int | None = None) -> None:
         """Consume until `stop` is set; messages in hand are always finished first.
@@ -101,6 +121,7 @@ class Dispatcher:
         concurrent calls); the broker is only ever touched from this thread.
         """
         log.info("dispatcher for profile %s consuming %s", self.profile.name, self.config.queue)
+        self._stopping = stop
         self.transport.set_prefetch(self.config.workers)
         handled = 0
         in_flight: dict[Future[Submitted], InFlight] = {}
@@ -108,6 +129,8 @@ class Dispatcher:
             while in_flight or not stop.is_set():
                 self.metrics.last_loop = time.monotonic()
                 room = max_messages is None or handled + len(in_flight) < max_messages
+                # While the cluster is unreachable, new messages stay in the broker.
+                room = room and self.gate.accepting
                 if room and not stop.is_set() and len(in_flight) < self.config.workers:
                     wait_s = 0.0 if in_flight else self.config.receive_timeout_s
                     delivery = self._receive(stop, wait_s)
@@ -119,12 +142,22 @@ class Dispatcher:
                             self.outcomes[job] += 1
                             handled += 1
                         continue
+                if not room:
+                    self._keep_alive()
                 handled += self._harvest(in_flight)
                 if self.config.track:
                     self._track_safely()
                 if not in_flight and max_messages is not None and handled >= max_messages:
                     break
         log.info("dispatcher stopping: %s", dict(self.outcomes))
+
+    def _keep_alive(self) -> None:
+        """Not receiving (an outage, or every worker busy): still answer the broker's
+        heartbeats, so the messages in hand are not taken back from a silent consumer."""
+        try:
+            self.transport.keep_alive()
+        except TransportError as exc:
+            log.warning("broker connection: %s", exc)
 
     def _receive(self, stop: threading.Event, timeout: float) -> Delivery | None:
         try:
@@ -215,8 +248,10 @@ class Dispatcher:
             except Exception as exc:  # e.g. the ledger failing while noting job_submitted
                 return self._internal_error(job.delivery, exc)
         except TransportError as exc:
-            # The connection dropped mid-message: the broker redelivers it, and the ledger
-            # makes sure the redelivery does not submit the step again.
+            # The transport does not keep a message it failed to settle (its connection or
+            # channel is gone, or it was requeued): the broker redelivers it, and the ledger
+            # makes sure the redelivery does not submit the step again. Not retried here: a
+            # commit whose answer was lost may have happened.
             log.warning(
                 "message %s not settled, the broker will redeliver it: %s", job.delivery.tag, exc
             )
@@ -240,8 +275,7 @@ class Dispatcher:
             return self._internal_error(delivery, result)
         if isinstance(result, BaseException):
             raise result
-        self._notify_submitted(job.message, result.entry)
-        self.transport.ack(delivery)
+        self._notify_submitted(job, result.entry)  # and acknowledges the step, as one unit
         if result.new:
             self.metrics.submitted.inc()
             self.metrics.latency.observe(time.monotonic() - job.started)
@@ -259,8 +293,8 @@ class Dispatcher:
         while True:
             try:
                 return self._submit_transient_retries(message)
-            except ClaimBusy:
-                if time.monotonic() > deadline:
+            except ClaimBusy as exc:
+                if isinstance(exc, HandedBack) or time.monotonic() > deadline:
                     raise
                 time.sleep(self.config.backoff_s)
 
@@ -275,29 +309,88 @@ class Dispatcher:
                 with attempt:
                     if attempt.retry_state.attempt_number > 1:
                         self.metrics.retried.inc()
-                    return self.submitter.submit(message)
+                    return self._submit_through_outages(message)
         except RetryError as exc:
             cause = exc.last_attempt.exception()
             reason = f"gave up after {self.config.attempts} attempts: {cause}"
             raise ZbatchError(reason, transient=True) from None
         raise AssertionError("unreachable: Retrying either returns or raises")
 
+    def _submit_through_outages(self, message: StepMessage) -> Submitted:
+        """Submit; while the cluster does not answer, hold the step and probe (one worker at
+        a time, with backoff) until it does or the step has waited the outage budget."""
+        waiting_since: float | None = None
+        while True:
+            self.gate.take_turn(self._stopping)
+            try:
+                submitted = self.submitter.submit(message)
+            except ZbatchError as exc:
+                if not is_unavailability(exc):
+                    self.gate.succeeded()  # it answered, if only to say no
+                    raise
+                self.gate.failed(exc)
+                self.metrics.retried.inc()
+                waiting_since = waiting_since or self.gate.clock()
+                if self.gate.over_budget(waiting_since):
+                    raise ClusterUnavailable(
+                        f"cluster {self.cluster.scheduler_name} of profile {self.profile.name} "
+                        f"unavailable for {self.gate.clock() - waiting_since:.0f} s, the "
+                        f"profile's outage budget (outage_budget_s {self.profile.outage_budget_s}):"
+                        f" {exc}"
+                    ) from None
+                continue
+            self.gate.succeeded()
+            return submitted
+
     def _dead_letter(self, delivery: Delivery, reason: str, kind: str) -> str:
         log.warning("dead-lettering message %s from %s: %s", delivery.tag, delivery.queue, reason)
-        self.transport.dead_letter(delivery, reason)
+        try:
+            self.transport.dead_letter(delivery, reason)
+        except TransportError as exc:
+            # The transport never keeps a message it could not settle: its channel is gone
+            # or it was requeued, so the broker delivers it again.
+            log.error(
+                "message %s not dead-lettered, the broker will redeliver it: %s", delivery.tag, exc
+            )
+            return "redelivery-pending"
         self.metrics.dead_lettered.labels(kind).inc()
         return "dead-lettered"
 
-    def _notify_submitted(self, message: StepMessage, entry: LedgerEntry) -> None:
-        if not message.destinations("job_submitted"):
-            return  # nobody listens: no ledger round trip (it waits behind workers' commits)
-        # Read afresh: a duplicate settled after its twin carries a stale snapshot.
-        entry = self.ledger.get(entry.key) or entry
-        if entry.reported & NOTIFIED_SUBMITTED:
+    def _notify_submitted(self, job: InFlight, entry: LedgerEntry) -> None:
+        """Send the step's `job_submitted` notice and acknowledge the step, as one unit.
+
+        The notice and the ack are one broker transaction (`Transport.settle`), so the
+        notice goes out once: it is only (re)sent when the step is (re)delivered, and the
+        broker redelivers a step only when that transaction did not commit. A commit whose
+        answer was lost (connection forced) is not tried again here: TransportError leaves
+        the step to the broker ("redelivery-pending"). The ledger bit only spares a second
+        copy of the same step (published twice) a second notice.
+
+        A notice whose queue does not exist is dead-lettered in the same transaction, with
+        the job id in the reason; the step is acknowledged all the same (its job exists),
+        so it never holds a prefetch slot.
+        """
+        message, notices = job.message, []
+        # Nobody listens: no ledger round trip (it waits behind workers' commits).
+        if message.destinations("job_submitted"):
+            # Read afresh: a duplicate settled after its twin carries a stale snapshot.
+            entry = self.ledger.get(entry.key) or entry
+            if not entry.reported & NOTIFIED_SUBMITTED:
+                payload = {"jobid": entry.job_id, "scheduler": entry.scheduler}
+                what = f"job_submitted notice for job {entry.job_id}"
+                notices = onward_outgoing(message, "job_submitted", payload, what)
+        settlement = self.transport.settle(job.delivery, notices)
+        for _notice, reason in settlement.undeliverable:
+            log.warning(
+                "step %s: %s; the notice is in dlq.%s", entry.key, reason, job.delivery.queue
+            )
+            self.metrics.dead_lettered.labels("undeliverable-notice").inc()
+        if not notices:
             return
-        payload = {"jobid": entry.job_id, "scheduler": entry.scheduler}
-        self.transport.send_onward(message, "job_submitted", payload)
-        self.ledger.update(entry.key, reported=entry.reported | NOTIFIED_SUBMITTED)
+        try:
+            self.ledger.update(entry.key, reported=entry.reported | NOTIFIED_SUBMITTED)
+        except Exception:  # settled already: nothing about the step may be undone now
+            log.exception("step %s: notice sent, but the ledger did not record it", entry.key)
 
     def _track_safely(self) -> None:
         try:
@@ -306,12 +399,15 @@ class Dispatcher:
             log.exception("job tracking failed; trying again at the next poll")
             self._polling = None
             self._next_poll = time.monotonic() + self.tracker.next_delay()
+            self._owed_next = time.monotonic() + self.tracker.next_delay()
 
     def track(self) -> None:
         """Poll the cluster (one query) when due, in the background: a status query for
         thousands of jobs takes the scheduler a while (0.45 s for 1000 on the test Slurm),
-        and this thread must keep feeding the workers meanwhile. Reports, from this thread,
-        the jobs the last poll found dead without a word from their wrapper."""
+        and this thread must keep feeding the workers meanwhile. Delivers, from this thread,
+        what ended steps still owe (`zbatch.owed`): those the last poll settled, and any
+        left owed before, by this process, a replica, or one that has since stopped."""
+        self._deliver_owed()
         polling = self._polling
         if polling is None:
             if time.monotonic() >= self._next_poll:
@@ -321,55 +417,55 @@ class Dispatcher:
             return
         self._polling = None
         self._next_poll = time.monotonic() + self.tracker.next_delay()
-        for entry, settled in polling.result():  # poll_once logs and absorbs cluster errors
-            try:
-                self._report_outcome(entry, settled)
-            except Exception:  # one job's odd files must not keep the others unreported
-                log.exception("job %s: outcome not reported (internal error)", entry.job_id)
+        settled = polling.result()  # poll_once logs and absorbs cluster errors
+        if any(entry.owes for entry, _ in settled) and self._owed_outage is None:
+            self._owed_next = 0.0  # deliver them now, not at the next check
+            self._deliver_owed()
         counts = Tally(e.state for e in self.tracker.active())
         for state in JobState:
             self.metrics.jobs.labels(state.value).set(counts.get(state.value, 0))
 
-    def _flush_outbox(self, entry: LedgerEntry) -> bool:
-        """Send results a job could not send itself (broker down at its end); True if any."""
-        path = outbox_path(entry.message_path)
-        text = self.cluster.read_text(PurePosixPath(path))
-        if not text or entry.reported & NOTIFIED_OUTBOX:
-            return False
-        box = Outbox.from_text(Path(path), text, lambda: self.transport)
-        box.send_via(self.transport)
-        log.info(
-            "job %s: sent %d message(s) its wrapper had kept in %s", entry.job_id, box.sent, path
-        )
-        self.ledger.update(entry.key, reported=entry.reported | NOTIFIED_OUTBOX)
-        return True
+    def _deliver_owed(self) -> None:
+        """Deliver what ended steps owe, when due: every poll interval, and with backoff
+        (doubling up to OWED_MAX_BACKOFF_S) while the broker is unreachable, which is
+        logged once when the outage begins and once when it ends, not on every try."""
+        now = time.monotonic()
+        if now < self._owed_next:
+            return
+        self._owed_next = now + self.tracker.interval_s
+        due = self.owed.due(self.profile.name)
+        for entry in due[:OWED_PER_CYCLE]:
+            try:
+                self._report_outcome(entry)
+            except TransportError as exc:  # transient: the broker is unreachable
+                self._owed_failures += 1
+                delay = self.tracker.interval_s * 2.0**self._owed_failures
+                self._owed_next = time.monotonic() + min(OWED_MAX_BACKOFF_S, delay)
+                if self._owed_outage is None:
+                    self._owed_outage = time.monotonic()
+                    log.warning(
+                        "results owed by %d step(s) wait for the broker (%s); retrying with "
+                        "backoff until it takes them",
+                        len(self.ledger.owing(self.profile.name)),
+                        exc,
+                    )
+                return
+        if self._owed_outage is not None:
+            log.info(
+                "the broker takes owed results again (refused for %.0f s); %d step(s) owe some",
+                time.monotonic() - self._owed_outage,
+                len(self.ledger.owing(self.profile.name)),
+            )
+            self._owed_outage, self._owed_failures = None, 0
+        if len(due) > OWED_PER_CYCLE:
+            self._owed_next = 0.0  # more at the next turn of the loop: intake goes on between
 
-    def _report_outcome(self, entry: LedgerEntry, settled: Settled) -> None:
+    def _report_outcome(self, entry: LedgerEntry) -> None:
+        """Send what one ended step owes (its outbox, or zbatch's own failure report) unless
+        another replica is at it; raises TransportError only while the broker is down."""
         try:
-            flushed = self._flush_outbox(entry)
-        except ZbatchError as exc:
-            log.warning("job %s: kept results not sent yet: %s", entry.job_id, exc)
-            return
-        if settled.state is JobState.SUCCEEDED or entry.reported & NOTIFIED_OUTCOME:
-            return
-        try:
-            if flushed or wrapper_reported(entry, self.cluster):
-                return
-            text = self.cluster.read_text(PurePosixPath(entry.message_path))
-            if text is None:
-                log.error(
-                    "job %s: message file %s is gone; cannot report its %s",
-                    entry.job_id,
-                    entry.message_path,
-                    settled.state.value,
-                )
-                return
-            message = StepMessage.from_body(text, source=entry.message_path)
-            reason = f"job {entry.job_id} {settled.state.value}"
-            if settled.reason:
-                reason += f" ({settled.reason})"
-            self.transport.send_onward(message, "failure", reason)
-        except ZbatchError as exc:
-            log.warning("job %s: failure not reported yet: %s", entry.job_id, exc)
-            return
-        self.ledger.update(entry.key, reported=entry.reported | NOTIFIED_OUTCOME)
+            self.owed.deliver(entry)
+        except TransportError:
+            raise
+        except Exception:  # a defect with one step's files must not keep the others owed
+            log.exception("job %s: owed results not delivered (internal error)", entry.job_id)

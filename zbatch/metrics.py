@@ -34,8 +34,17 @@ class DispatcherMetrics:
         self.broker_connected = Gauge(
             "zbatch_broker_connected", "1 while the broker is reachable", registry=r
         )
+        self.cluster_available = Gauge(
+            "zbatch_cluster_available",
+            "1 while the cluster answers; 0 during an outage (steps held, none taken)",
+            registry=r,
+        )
+        self.cluster_available.set(1)
         self.last_loop = time.monotonic()
         self.connected = False
+
+    def set_cluster_available(self, available: bool) -> None:
+        self.cluster_available.set(1 if available else 0)
 
     def set_connected(self, connected: bool) -> None:
         self.connected = connected

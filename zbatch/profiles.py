@@ -142,7 +142,16 @@ class Profile(_Strict):
     queue_mapping: dict[str, Name] = {}
     zbatch_command: list[str] | None = None
     poll_interval_s: float = Field(default=2.0, gt=0)
+    # How long a step may wait for an unreachable cluster (controller restart, SSH refused)
+    # before it is dead-lettered. Below RabbitMQ's default consumer_timeout (30 min), which
+    # would otherwise take the held message back first.
+    outage_budget_s: int = Field(default=1500, ge=0)
     source: str = Field(default="", exclude=True)
+
+    @field_validator("outage_budget_s", mode="before")
+    @classmethod
+    def _budget(cls, value: object) -> object:
+        return _checked(lambda v: parse_duration(v, "an outage budget"), value)
 
     @field_validator("extra_directives", "setup")
     @classmethod

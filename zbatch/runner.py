@@ -21,11 +21,12 @@ from zbatch.envelope import StepMessage, internal_reason, start_messages
 from zbatch.errors import ZbatchError
 from zbatch.jobs import JobState, result_record_path
 from zbatch.ledger import Ledger, LedgerEntry
+from zbatch.owed import Deliverer
 from zbatch.profiles import Profile
 from zbatch.recipe import Recipe
 from zbatch.steps import is_wrapper_step
 from zbatch.submission import JobContext
-from zbatch.submitter import Submitter, wrapper_reported
+from zbatch.submitter import Submitter
 from zbatch.tracker import Settled, Tracker
 from zbatch.transport.embedded import EmbeddedTransport
 from zbatch.transport.factory import TransportConfig
@@ -143,11 +144,14 @@ class RecipeRunner:
         )
         detail = f" ({settled.reason})" if settled.reason else ""
         self.echo(f"  step {entry.pointer} {settled.state.value}{detail}: result {record}")
-        message = self.messages.get(entry.key)
-        failed = settled.state is not JobState.SUCCEEDED
-        if failed and message is not None and not wrapper_reported(entry, self.cluster):
-            # The job died before its wrapper could report: send the failure ourselves.
-            transport.send_onward(message, "failure", f"job {settled.state.value}{detail}")
+        if not entry.owes:
+            return
+        # What the job could not send (its outbox), or the failure zbatch reports for a job
+        # that died before its wrapper could: recorded as owed when the job was settled.
+        try:
+            Deliverer(self.ledger, self.cluster, transport).deliver(entry)
+        except ZbatchError as exc:
+            self.echo(f"  step {entry.pointer}: owed messages not delivered: {exc}")
 
     def _report_leftovers(self, transport: EmbeddedTransport, served: list[str]) -> None:
         for queue, count in sorted(transport.queues().items()):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -15,6 +16,7 @@ from zbatch.envelope import StepMessage
 from zbatch.errors import ClaimBusy, ZbatchError
 from zbatch.jobs import JobPaths, JobState, result_record_path
 from zbatch.ledger import Ledger, LedgerEntry, step_key
+from zbatch.outage import is_unavailability
 from zbatch.profiles import Profile
 from zbatch.submission import JobContext, prepare_job
 
@@ -32,6 +34,11 @@ class Submitted:
 
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def uncertain_claim() -> str:
+    """The claim of a submission by this thread whose outcome the scheduler never told."""
+    return f"{worker_id()}:{threading.get_ident()}:uncertain"
 
 
 class Submitter:
@@ -70,13 +77,18 @@ class Submitter:
                     existing.job_id,
                 )
                 return Submitted(existing, False)
-            recovered = self._recover(existing)
+            recovered = self._recover(existing, own=existing.claimed_by == uncertain_claim())
             if recovered is not None:
                 return recovered
         try:
             job_id = self.cluster.submit(job)
-        except ZbatchError:
-            self.ledger.release(key)
+        except ZbatchError as exc:
+            if is_unavailability(exc):
+                # The scheduler may have taken the job before the connection broke: keep the
+                # claim, marked as this worker's, so the retry first looks for the job's marker.
+                self.ledger.update(key, claimed_by=uncertain_claim())
+            else:
+                self.ledger.release(key)
             raise
         self.ledger.update(
             key, job_id=job_id, state=JobState.PENDING.value, submitted_at=time.time()
@@ -92,15 +104,16 @@ class Submitter:
         assert entry is not None
         return Submitted(entry, True)
 
-    def _recover(self, entry: LedgerEntry) -> Submitted | None:
-        """A step claimed but never given a job id: its submitter died, or is still at it.
+    def _recover(self, entry: LedgerEntry, own: bool = False) -> Submitted | None:
+        """A step claimed but never given a job id: its submitter died, or is still at it
+        (or, `own`, this worker's submission ended without a clear answer).
 
         Returns the job if the scheduler has it (found by its marker); None when this
         process has taken the claim over and should submit; raises (transient) while the
         claim is too young to tell an interrupted submission from one in progress.
         """
         age = time.time() - entry.updated_at
-        if age < RECOVERY_GRACE_S:
+        if age < RECOVERY_GRACE_S and not own:
             raise ClaimBusy(
                 f"step {entry.recipe_id}/{entry.pointer} is being submitted by "
                 f"{entry.claimed_by}; try again later",

@@ -20,7 +20,7 @@ from typing import Any
 
 from zbatch.cluster import Cluster
 from zbatch.connections.local import LocalConnection
-from zbatch.errors import ConnectionFailure, SchedulerError, ZbatchError
+from zbatch.errors import ClusterUnavailable, ConnectionFailure, SchedulerError, ZbatchError
 from zbatch.jobs import JobState
 from zbatch.profiles import Profile
 from zbatch.schedulers.base import SchedulerStatus
@@ -208,7 +208,10 @@ class DrmaaCluster(Cluster):
                 setattr(template, name, value)
             job_id = str(self.session.runJob(template))
         except errors.DrmaaException as exc:
-            transient = isinstance(exc, errors.DrmCommunicationException | errors.TryLaterException)
+            if isinstance(exc, errors.DrmCommunicationException):
+                # qmaster did not answer (a restart): unavailability, not a refusal.
+                raise ClusterUnavailable(f"sge unavailable (DRMAA): {exc}") from None
+            transient = isinstance(exc, errors.TryLaterException)
             message = f"sge refused job {job.spec.name} (DRMAA): {exc}"
             raise SchedulerError(message, transient=transient) from None
         finally:

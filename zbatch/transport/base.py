@@ -30,6 +30,46 @@ class Delivery:
     delivery_count: int = 1
 
 
+@dataclass(frozen=True)
+class Outgoing:
+    """One message as `send_step` publishes it, to be sent as part of a settlement.
+
+    `queue` is the routing key on `exchange` ("" = the default exchange, mandatory: a
+    message nobody can route is an error); a `broadcast` goes to the fanout/topic
+    `exchange` with no routing key and may be lost when nobody listens. `what` names the
+    message in a dead-letter reason ("job_submitted notice for job 12").
+    """
+
+    queue: str
+    body: bytes
+    headers: dict[str, Any]
+    exchange: str = ""
+    delay: float | None = None
+    broadcast: bool = False
+    what: str = "message"
+
+    @property
+    def destination(self) -> str:
+        if self.broadcast:
+            return f"exchange {self.exchange!r}"
+        on = f" via exchange {self.exchange!r}" if self.exchange else ""
+        return f"queue {self.queue!r}{on}"
+
+
+@dataclass
+class Settlement:
+    """What `Transport.settle` did: the messages sent, and those it could not deliver.
+
+    An undeliverable message (its queue or exchange does not exist) was put, in the same
+    unit as the acknowledgement, into `dlq.<consumed queue>` with `reason` in its
+    `REASON_HEADER`; its `ORIGIN_HEADER` names where it was meant to go (a replay sends it
+    there once the queue exists).
+    """
+
+    sent: list[Outgoing] = field(default_factory=list)
+    undeliverable: list[tuple[Outgoing, str]] = field(default_factory=list)
+
+
 class Transport(ABC):
     @abstractmethod
     def connect(self) -> None: ...
@@ -69,23 +109,53 @@ class Transport(ABC):
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Move the message to `dlq.<queue>` with the reason in a header; nothing is lost."""
 
+    def settle(self, delivery: Delivery, sends: list[Outgoing]) -> Settlement:
+        """Publish `sends` and acknowledge `delivery` as one unit: all of it happens or none.
+
+        So a message sent on behalf of a delivery is sent once: it is only (re)sent when
+        the delivery is (re)delivered, and a delivery comes again only when the unit did
+        not happen. A send whose queue does not exist goes to `dlq.<delivery.queue>` in
+        the same unit instead (see `Settlement`), so it never blocks the delivery.
+
+        On `TransportError` the delivery is no longer held by this consumer: the
+        connection or channel that held it is gone, or it was put back, so the broker will
+        deliver it again. The caller must not retry (a commit whose answer was lost may
+        have happened). Any other exception leaves nothing done and the delivery held.
+
+        The backends do this atomically; this default (for stand-ins in tests) publishes,
+        then acknowledges.
+        """
+        for outgoing in sends:
+            self.send(outgoing)
+        self.ack(delivery)
+        return Settlement(sent=list(sends))
+
+    def keep_alive(self) -> None:  # noqa: B027 - only network brokers need it
+        """Service the connection (heartbeats) while the consumer is not receiving."""
+
     def set_prefetch(self, count: int) -> None:  # noqa: B027 - only brokers bound it
         """Let up to `count` messages wait unacknowledged with this consumer."""
 
     def send_json(self, queue: str, body: Any, headers: dict[str, Any] | None = None) -> None:
         self.publish(queue, json.dumps(body).encode(), dict(headers or {}))
 
+    def send(self, outgoing: Outgoing) -> None:
+        """Publish one `Outgoing` on its own (not part of a settlement)."""
+        if outgoing.broadcast:
+            self.broadcast(outgoing.exchange, outgoing.body, outgoing.headers)
+        else:
+            self.publish(
+                outgoing.queue,
+                outgoing.body,
+                outgoing.headers,
+                exchange=outgoing.exchange,
+                delay=outgoing.delay,
+            )
+
     def send_step(self, message: StepMessage) -> None:
         """Send a recipe step message to its node, as workflows' RecipeWrapper does."""
-        target = message.destination()
-        body = json.dumps(message.to_body()).encode()
-        headers = {RECIPE_HEADER: True}
-        if target.queue:
-            self.publish(
-                target.queue, body, headers, exchange=target.exchange or "", delay=target.delay
-            )
-        if target.topic:
-            self.broadcast(target.topic, body, headers)
+        for outgoing in step_outgoing(message):
+            self.send(outgoing)
 
     def send_onward(self, message: StepMessage, channel: str | None, payload: Any) -> list[int]:
         """Send `payload` from `message`'s step on `channel`; returns the destinations."""
@@ -93,3 +163,36 @@ class Transport(ABC):
         for target in targets:
             self.send_step(message.onward(target, payload))
         return targets
+
+
+def step_outgoing(message: StepMessage, what: str = "message") -> list[Outgoing]:
+    """What `send_step(message)` publishes: to the node's queue (on its exchange, with its
+    delay) and to its topic, as workflows' RecipeWrapper does."""
+    target = message.destination()
+    body = json.dumps(message.to_body()).encode()
+    out = []
+    if target.queue:
+        out.append(
+            Outgoing(
+                target.queue,
+                body,
+                {RECIPE_HEADER: True},
+                exchange=target.exchange or "",
+                delay=target.delay,
+                what=what,
+            )
+        )
+    if target.topic:
+        out.append(Outgoing("", body, {RECIPE_HEADER: True}, target.topic, None, True, what))
+    return out
+
+
+def onward_outgoing(
+    message: StepMessage, channel: str | None, payload: Any, what: str = "message"
+) -> list[Outgoing]:
+    """What `send_onward(message, channel, payload)` publishes, to hand to `settle`."""
+    return [
+        outgoing
+        for target in message.destinations(channel)
+        for outgoing in step_outgoing(message.onward(target, payload), what)
+    ]

@@ -6,6 +6,9 @@ PikaTransport per thread (the heartbeat thread builds its own through a factory)
 Deliberate differences from workflows:
 - Publisher confirms are on: publish() returns once the broker holds the message, and a
   mandatory publish nobody can route, or a broker nack, raises instead of vanishing.
+- Every consuming channel is transactional (workflows does this only on request, with
+  `transaction_begin`): `settle` sends a message's onward messages and acks it in one
+  commit, and a dead letter is its DLQ copy and the ack in one commit.
 - Consumers pull (`receive` with a timeout) instead of getting callbacks on a pika thread.
 - A lost connection (broker restart) is reopened lazily by the next call, with bounded backoff.
   Delivery tags are per channel, so a delivery from a closed channel is refused at ack time:
@@ -34,12 +37,21 @@ from tenacity import (
 )
 
 from zbatch.errors import TransportError
-from zbatch.transport.base import ORIGIN_HEADER, REASON_HEADER, Delivery, Transport
+from zbatch.transport.base import (
+    ORIGIN_HEADER,
+    REASON_HEADER,
+    Delivery,
+    Outgoing,
+    Settlement,
+    Transport,
+)
 from zbatch.transport.rabbit_settings import RabbitSettings
 from zbatch.transport.rabbit_wire import (
     DELIVERY_COUNT_HEADER,
     PikaDelivery,
     QueueChannel,
+    Returned,
+    Wire,
     connection_parameters,
     describe,
     is_transient,
@@ -54,6 +66,12 @@ T = TypeVar("T")
 DEAD_LETTERED_AT_HEADER = "x-zbatch-dead-lettered-at"
 DELAYED_EXCHANGE = "delayed"  # workflows' name for the x-delayed-message exchange
 MAX_REASON_CHARS = 2000  # header values travel in one frame; a reason needs no more
+MAX_NAME_BYTES = 255  # AMQP short string: the longest queue or exchange name
+# How long a queue or exchange seen to exist (or to be missing) is taken as such before
+# settle checks it again. A queue deleted meanwhile is still caught: the broker returns
+# what it cannot route, and settle dead-letters it after the commit.
+EXISTS_CACHE_S = 60.0
+MISSING_CACHE_S = 5.0
 
 
 class PikaTransport(Transport):
@@ -61,6 +79,12 @@ class PikaTransport(Transport):
 
     The first `receive(queue)` starts a consumer that stays until `disconnect()`; up to
     `settings.prefetch` of its messages may wait unacked in this process meanwhile.
+
+    Each queue's channel is transactional (as workflows' `transaction_begin` on a
+    subscription, which dlstbx's cluster service uses): `settle` publishes a delivery's
+    onward messages and acks it in one transaction, and `ack`, `nack` and `dead_letter`
+    commit theirs too (on a transactional channel nothing happens before the commit).
+    Confirms cannot be used on such a channel, so plain `publish` keeps its own.
     """
 
     def __init__(self, settings: RabbitSettings | None = None) -> None:
@@ -70,6 +94,8 @@ class PikaTransport(Transport):
         self._queues: dict[str, QueueChannel] = {}
         self._generation = 0
         self._ever_connected = False
+        # ("queue" | "exchange", name) -> (exists, until when that answer is trusted)
+        self._known: dict[tuple[str, str], tuple[bool, float]] = {}
 
     @classmethod
     def from_conf(cls, path: str | None) -> PikaTransport:
@@ -110,38 +136,31 @@ class PikaTransport(Transport):
         exchange: str = "",
         delay: float | None = None,
     ) -> None:
-        headers = dict(headers)
-        if delay:
-            # As workflows: the x-delayed-message exchange holds it, then routes by queue name.
-            headers["x-delay"] = int(1000 * delay)
-            exchange = DELAYED_EXCHANGE
-        self._publish(exchange, queue, body, headers, mandatory=True)
+        self._publish(wire(Outgoing(queue, body, headers, exchange, delay)))
 
     def broadcast(
         self, exchange: str, body: bytes, headers: dict[str, Any], expiration_s: float | None = None
     ) -> None:
         expiration = None if expiration_s is None else str(int(expiration_s * 1000))
-        self._publish(exchange, "", body, dict(headers), mandatory=False, expiration=expiration)
+        props = pika.BasicProperties(headers=dict(headers), delivery_mode=2, expiration=expiration)
+        self._publish(Wire(exchange, "", body, props, mandatory=False))
 
-    def _publish(
-        self,
-        exchange: str,
-        routing_key: str,
-        body: bytes,
-        headers: dict[str, Any],
-        *,
-        mandatory: bool,
-        expiration: str | None = None,
-    ) -> None:
-        props = pika.BasicProperties(headers=headers, delivery_mode=2, expiration=expiration)
-        via = f"exchange {exchange!r}" if exchange else "the default exchange"
-        with self._guard(f"publish to {routing_key!r} via {via}"):
+    def _publish(self, w: Wire) -> None:
+        via = f"exchange {w.exchange!r}" if w.exchange else "the default exchange"
+        with self._guard(f"publish to {w.routing_key!r} via {via}"):
             if self._send is None or not self._send.is_open:
                 self._send = self._conn.channel()
                 self._send.confirm_delivery()
-            self._send.basic_publish(exchange, routing_key, body, props, mandatory=mandatory)
+            self._send.basic_publish(
+                w.exchange, w.routing_key, w.body, w.properties, mandatory=w.mandatory
+            )
 
     # -- consuming ----------------------------------------------------------------------------
+
+    def keep_alive(self) -> None:
+        if self.connected:
+            with self._guard("heartbeat"):
+                self._conn.process_data_events(time_limit=0)
 
     def set_prefetch(self, count: int) -> None:
         """Raise the prefetch for consumers opened from now on (never lowers the setting)."""
@@ -170,30 +189,75 @@ class PikaTransport(Transport):
             return None if method is None else make_delivery(qc, queue, method, props, body)
 
     def ack(self, delivery: Delivery) -> None:
-        with self._guard(f"ack of message {delivery.tag} from {delivery.queue!r}"):
-            self._owning_channel(delivery).basic_ack(delivery.tag)
+        self._transact(delivery, [], f"ack of message {delivery.tag} from {delivery.queue!r}")
 
     def nack(self, delivery: Delivery, requeue: bool = True) -> None:
         if not requeue:
             # As the embedded twin: a rejected message lands in the DLQ with a reason.
             self.dead_letter(delivery, "rejected without requeue")
             return
-        with self._guard(f"nack of message {delivery.tag} from {delivery.queue!r}"):
-            self._owning_channel(delivery).basic_nack(delivery.tag, requeue=True)
+        what = f"nack of message {delivery.tag} from {delivery.queue!r}"
+        self._transact(delivery, [], what, requeue=True)
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
-        """Copy to `dlq.<queue>` (confirmed), then ack: a crash in between duplicates, never loses.
+        """Copy to `dlq.<queue>` and ack in one transaction: one copy, and nothing lost.
 
         The copy keeps the original headers and adds the reason, origin queue and time.
         """
-        with self._guard(f"dead-lettering message {delivery.tag} from {delivery.queue!r}"):
-            self._owning_channel(delivery)  # refuse a stale delivery before copying it
+        what = f"dead-lettering message {delivery.tag} from {delivery.queue!r}"
+        with self._guard(what):
+            self._owning(delivery)  # refuse a stale delivery before copying it
+        try:
+            self._require_dlq(delivery)
+        except TransportError:
+            self._release(delivery)
+            raise
         headers = {k: v for k, v in delivery.headers.items() if k != DELIVERY_COUNT_HEADER}
-        headers[REASON_HEADER] = reason[:MAX_REASON_CHARS]
-        headers[ORIGIN_HEADER] = delivery.queue
-        headers[DEAD_LETTERED_AT_HEADER] = datetime.now(UTC).isoformat(timespec="seconds")
-        self._publish("", f"dlq.{delivery.queue}", delivery.body, headers, mandatory=True)
-        self.ack(delivery)
+        copy = dead_copy(delivery.queue, delivery.body, headers, reason, delivery.queue)
+        for lost in self._transact(delivery, [copy], what):
+            log.error(
+                "message %s from %s: its dead letter was lost: %s",
+                delivery.tag,
+                delivery.queue,
+                lost.reply_text,
+            )
+
+    def settle(self, delivery: Delivery, sends: list[Outgoing]) -> Settlement:
+        """Publish `sends` and ack `delivery` in one AMQP transaction on its own channel.
+
+        A send whose queue (or exchange) does not exist is dead-lettered in the same
+        transaction instead (see `Transport.settle`); existence is checked beforehand with
+        a passive declare, cached. Should the broker still return one as unroutable (a
+        queue deleted since the check), the commit has already acked the delivery: the
+        returned message is then dead-lettered in a second transaction.
+        """
+        what = f"settling message {delivery.tag} from {delivery.queue!r}"
+        if not sends:
+            self._transact(delivery, [], what)
+            return Settlement()
+        with self._guard(what):
+            self._owning(delivery)  # refuse a stale delivery before checking routes
+        settlement = Settlement()
+        wires: list[Wire] = []
+        try:
+            for outgoing in sends:
+                why = self._unroutable(outgoing)
+                if why is None:
+                    settlement.sent.append(outgoing)
+                    wires.append(wire(outgoing))
+                    continue
+                reason = f"{outgoing.what} undeliverable: {why}"
+                settlement.undeliverable.append((outgoing, reason))
+                wires.append(undeliverable_copy(delivery.queue, outgoing, reason))
+            if settlement.undeliverable:
+                self._require_dlq(delivery)
+        except TransportError:
+            self._release(delivery)
+            raise
+        returned = self._transact(delivery, wires, what)
+        if returned:
+            self._dead_letter_returned(delivery, settlement, returned)
+        return settlement
 
     # -- queue administration (tests, setup_broker, zbatch dlq) --------------------------------
 
@@ -237,10 +301,214 @@ class PikaTransport(Transport):
         # that it exists, and a 404 closes this fresh channel alone.
         channel.queue_declare(queue, passive=True)
         channel.basic_qos(prefetch_count=self.settings.prefetch)
+        channel.tx_select()
         channel.add_on_cancel_callback(lambda _frame: self._on_cancel(queue))
         self._generation += 1
         qc = self._queues[queue] = QueueChannel(channel, self._generation)
+        channel.add_on_return_callback(functools.partial(self._on_return, qc))
         return qc
+
+    def _on_return(self, qc: QueueChannel, _ch: Any, method: Any, _props: Any, body: bytes) -> None:
+        qc.returned.append(
+            Returned(method.exchange, method.routing_key, body, str(method.reply_text))
+        )
+
+    def _transact(
+        self, delivery: Delivery, wires: list[Wire], what: str, *, requeue: bool | None = None
+    ) -> list[Returned]:
+        """Publish `wires` and ack (or with `requeue`, nack) `delivery` in one transaction.
+
+        Returns what the broker gave back as unroutable. On TransportError the delivery is
+        not held any more (its channel is gone, or it was requeued); on any other error the
+        transaction is rolled back and the delivery is still held.
+        """
+        qc: QueueChannel | None = None
+        try:
+            with self._guard(what):
+                qc = self._owning(delivery)
+                qc.returned.clear()
+                channel = qc.channel
+                for w in wires:
+                    channel.basic_publish(
+                        w.exchange, w.routing_key, w.body, w.properties, mandatory=w.mandatory
+                    )
+                if requeue is None:
+                    channel.basic_ack(delivery.tag)
+                else:
+                    channel.basic_nack(delivery.tag, requeue=requeue)
+                # A lost answer to this commit is not retried: had the commit happened, the
+                # message is acked; had it not, the broker delivers it again. Either way
+                # each onward message goes out once.
+                channel.tx_commit()
+        except TransportError:
+            self._release(delivery)
+            raise
+        except BaseException:
+            if qc is not None:
+                self._rollback(qc)
+            raise
+        if not any(w.mandatory for w in wires):
+            return []
+        try:
+            # The broker sends basic.return before tx.commit-ok: pika has queued the
+            # returns; this hands them to `_on_return`.
+            self._conn.process_data_events(time_limit=0)
+        except pe.AMQPError as exc:
+            log.warning(
+                "%s: committed, but the connection dropped before any returned message "
+                "was read: %s",
+                what,
+                self._describe(exc),
+            )
+            self._drop()
+            return []
+        return list(qc.returned)
+
+    def _rollback(self, qc: QueueChannel) -> None:
+        """Undo an uncommitted transaction; if that fails, close the channel (which requeues
+        its deliveries) rather than leave a half-made transaction on it."""
+        try:
+            if qc.channel.is_open:
+                qc.channel.tx_rollback()
+        except Exception:  # any failure here ends in closing the channel
+            self._close_queue_channel(qc)
+
+    def _release(self, delivery: Delivery) -> None:
+        """Never hold a delivery whose settlement failed: if its channel is still open, roll
+        back and requeue it (the broker delivers it again, counting the delivery)."""
+        qc = self._queues.get(delivery.queue)
+        held = (
+            isinstance(delivery, PikaDelivery)
+            and qc is not None
+            and qc.generation == delivery.generation
+            and qc.channel.is_open
+            and self.connected
+        )
+        if not held or qc is None:
+            return  # its channel is gone: the broker has requeued it already
+        try:
+            qc.channel.tx_rollback()
+            qc.channel.basic_nack(delivery.tag, requeue=True)
+            qc.channel.tx_commit()
+        except Exception:  # closing the channel requeues it just as well
+            log.warning(
+                "message %s from %s: closing its channel to requeue it",
+                delivery.tag,
+                delivery.queue,
+            )
+            self._close_queue_channel(qc)
+
+    def _close_queue_channel(self, qc: QueueChannel) -> None:
+        for queue in [q for q, known in self._queues.items() if known is qc]:
+            del self._queues[queue]
+        with suppress(Exception):
+            if qc.channel.is_open:
+                qc.channel.close()
+
+    def _unroutable(self, outgoing: Outgoing) -> str | None:
+        """Why `outgoing` cannot be delivered (its queue or exchange is missing), or None.
+
+        Mandatory publishes to a named exchange can still be returned (no binding for the
+        key): the broker's basic.return catches those.
+        """
+        w = wire(outgoing)
+        for name in (w.exchange, w.routing_key):
+            if len(name.encode()) > MAX_NAME_BYTES:
+                return f"name {name[:60]!r}... is longer than {MAX_NAME_BYTES} bytes"
+        if w.exchange:
+            if not self._exists("exchange", w.exchange):
+                return f"exchange {w.exchange!r} does not exist"
+            return None
+        if not self._exists("queue", w.routing_key):
+            return f"queue {w.routing_key!r} does not exist"
+        return None
+
+    def _exists(self, kind: str, name: str) -> bool:
+        """Whether a queue or exchange exists (a passive declare on a throwaway channel,
+        remembered for a while)."""
+        now = time.monotonic()
+        known = self._known.get((kind, name))
+        if known is not None and now < known[1]:
+            return known[0]
+
+        def check(channel: Any) -> bool:
+            try:
+                if kind == "queue":
+                    channel.queue_declare(name, passive=True)
+                else:
+                    channel.exchange_declare(name, passive=True)
+            except pe.ChannelClosedByBroker as exc:
+                if exc.reply_code == 404:
+                    return False
+                if exc.reply_code == 405:  # exclusive to another connection: it is there
+                    return True
+                raise
+            return True
+
+        exists = self.admin(f"check that {kind} {name!r} exists", check)
+        self._known[(kind, name)] = (exists, now + (EXISTS_CACHE_S if exists else MISSING_CACHE_S))
+        return exists
+
+    def _require_dlq(self, delivery: Delivery) -> None:
+        """Refuse a delivery that cannot be dead-lettered: there is no `dlq.<queue>`."""
+        dlq = f"dlq.{delivery.queue}"
+        if self._exists("queue", dlq):
+            return
+        raise TransportError(
+            f"cannot dead-letter message {delivery.tag} from {delivery.queue!r}: queue {dlq!r} "
+            "does not exist (`zbatch broker setup --queue QUEUE` declares it); the message was "
+            "requeued",
+            transient=False,
+        )
+
+    def _dead_letter_returned(
+        self, delivery: Delivery, settlement: Settlement, returned: list[Returned]
+    ) -> None:
+        """After a commit: dead-letter the sends the broker could not route after all."""
+        copies: list[Wire] = []
+        for back in returned:
+            outgoing = next(
+                (
+                    o
+                    for o in settlement.sent
+                    if (wire(o).exchange, wire(o).routing_key, o.body)
+                    == (back.exchange, back.routing_key, back.body)
+                ),
+                None,
+            )
+            if outgoing is None:  # one of the dead-letter copies came back
+                log.error(
+                    "message %s from %s: a dead letter was lost: %s",
+                    delivery.tag,
+                    delivery.queue,
+                    back.reply_text,
+                )
+                continue
+            settlement.sent.remove(outgoing)
+            w = wire(outgoing)
+            self._known.pop(
+                ("exchange" if w.exchange else "queue", w.exchange or w.routing_key), None
+            )
+            reason = (
+                f"{outgoing.what} undeliverable: the broker could not route it to "
+                f"{outgoing.destination} ({back.reply_text})"
+            )
+            settlement.undeliverable.append((outgoing, reason))
+            copies.append(undeliverable_copy(delivery.queue, outgoing, reason))
+        if not copies:
+            return
+        what = f"dead-lettering what message {delivery.tag} from {delivery.queue!r} could not send"
+        try:
+            with self._guard(what):
+                qc = self._owning(delivery)
+                for w in copies:
+                    qc.channel.basic_publish(
+                        w.exchange, w.routing_key, w.body, w.properties, mandatory=True
+                    )
+                qc.channel.tx_commit()
+        except TransportError as exc:
+            for _outgoing, reason in settlement.undeliverable[-len(copies) :]:
+                log.error("%s; its dead letter was lost too: %s", reason, exc)
 
     def _on_message(
         self, qc: QueueChannel, queue: str, _ch: Any, method: Any, props: Any, body: bytes
@@ -253,7 +521,7 @@ class PikaTransport(Transport):
         if qc is not None:
             qc.consumer_tag = None
 
-    def _owning_channel(self, delivery: Delivery) -> Any:
+    def _owning(self, delivery: Delivery) -> QueueChannel:
         qc = self._queues.get(delivery.queue)
         stale = (
             not isinstance(delivery, PikaDelivery)
@@ -268,7 +536,7 @@ class PikaTransport(Transport):
                 "again, so it cannot be acked, nacked or dead-lettered now",
                 transient=False,
             )
-        return qc.channel
+        return qc
 
     @contextmanager
     def _guard(self, what: str) -> Iterator[None]:
@@ -342,3 +610,35 @@ class PikaTransport(Transport):
 
     def _describe(self, exc: BaseException) -> str:
         return self.settings.redact(describe(exc, self.settings.password))
+
+
+def wire(outgoing: Outgoing) -> Wire:
+    """How `outgoing` is published: persistent; mandatory unless it is a broadcast."""
+    headers = dict(outgoing.headers)
+    if outgoing.broadcast:
+        props = pika.BasicProperties(headers=headers, delivery_mode=2)
+        return Wire(outgoing.exchange, "", outgoing.body, props, mandatory=False)
+    exchange = outgoing.exchange
+    if outgoing.delay:
+        # As workflows: the x-delayed-message exchange holds it, then routes by queue name.
+        headers["x-delay"] = int(1000 * outgoing.delay)
+        exchange = DELAYED_EXCHANGE
+    props = pika.BasicProperties(headers=headers, delivery_mode=2)
+    return Wire(exchange, outgoing.queue, outgoing.body, props, mandatory=True)
+
+
+def dead_copy(queue: str, body: bytes, headers: dict[str, Any], reason: str, origin: str) -> Wire:
+    """The copy of a message that goes to `dlq.<queue>`: why, where it was bound, when."""
+    headers = dict(headers)
+    headers[REASON_HEADER] = reason[:MAX_REASON_CHARS]
+    headers[ORIGIN_HEADER] = origin
+    headers[DEAD_LETTERED_AT_HEADER] = datetime.now(UTC).isoformat(timespec="seconds")
+    props = pika.BasicProperties(headers=headers, delivery_mode=2)
+    return Wire("", f"dlq.{queue}", body, props, mandatory=True)
+
+
+def undeliverable_copy(queue: str, outgoing: Outgoing, reason: str) -> Wire:
+    """A send nobody can receive, for `dlq.<queue>`: its origin is where it was meant to go,
+    so `zbatch dlq replay` delivers it there once that queue exists."""
+    origin = outgoing.exchange if outgoing.broadcast else outgoing.queue
+    return dead_copy(queue, outgoing.body, outgoing.headers, reason, origin)
