@@ -48,7 +48,7 @@ class FastEpWrapper(Wrapper):
 
     def program_name(self) -> str:
         given = self.params.get("create_symlink") or "fast_ep"
-        if not isinstance(given, str) or not DIRECTORY.match(given):
+        if not isinstance(given, str) or not DIRECTORY.fullmatch(given):
             raise WrapperError(f"job_parameters.create_symlink {given!r} is not a directory name")
         return given
 

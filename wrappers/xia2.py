@@ -73,7 +73,7 @@ def phil_value(value: object, what: str) -> str:
 
 def phil_assignment(key: object, value: object, where: str) -> str:
     """`key=value` as one argument that the tool reads as exactly one assignment."""
-    if not isinstance(key, str) or len(key) > MAX_NAME or not PHIL_NAME.match(key):
+    if not isinstance(key, str) or len(key) > MAX_NAME or not PHIL_NAME.fullmatch(key):
         raise WrapperError(
             f"{where}: parameter name {str(key)[:60]!r} is not a phil name "
             "(letters, digits and '_', joined by '.')"
@@ -108,7 +108,7 @@ class Xia2Wrapper(Wrapper):
         pipeline = self.settings.get("pipeline")
         if pipeline in (None, ""):
             return "xia2"
-        if not isinstance(pipeline, str) or not PIPELINE.match(pipeline):
+        if not isinstance(pipeline, str) or not PIPELINE.fullmatch(pipeline):
             raise WrapperError(f"job_parameters.xia2.pipeline {pipeline!r} is not a pipeline name")
         return f"xia2-{pipeline}"
 

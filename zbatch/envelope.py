@@ -11,8 +11,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from zbatch import safejson
-from zbatch.errors import RecipeError
+from zbatch import safejson, safety
+from zbatch.errors import RecipeError, ZbatchError
 from zbatch.recipe import Recipe
 
 RECIPE_HEADER = "workflows-recipe"
@@ -20,6 +20,7 @@ RECIPE_HEADER = "workflows-recipe"
 MAX_MESSAGE_BYTES = safejson.MAX_MESSAGE_BYTES
 # RabbitMQ's delayed-message exchange takes at most 2**32 - 1 milliseconds.
 MAX_DELAY_S = (2**32 - 1) / 1000
+MAX_RECIPE_ID = 256  # zocalo's are UUIDs
 
 
 def is_recipe_message(headers: dict[str, Any]) -> bool:
@@ -81,11 +82,14 @@ class StepMessage:
         if not isinstance(pointer, int) or isinstance(pointer, bool) or pointer not in recipe.nodes:
             raise RecipeError(f"{source}: recipe-pointer {pointer!r} names no node of the recipe")
         path = body.get("recipe-path", [])
-        if not isinstance(path, list) or not all(isinstance(p, int) for p in path):
+        if not isinstance(path, list) or not all(
+            isinstance(p, int) and not isinstance(p, bool) for p in path
+        ):
             raise RecipeError(f"{source}: recipe-path must be a list of node numbers")
         environment = body.get("environment", {})
         if not isinstance(environment, dict):
             raise RecipeError(f"{source}: environment must be an object")
+        _check_recipe_id(environment.get("ID", ""), source)
         return cls(recipe, pointer, list(path), dict(environment), body.get("payload"))
 
     def to_body(self) -> dict[str, Any]:
@@ -145,6 +149,16 @@ def start_messages(recipe: Recipe, environment: dict[str, Any] | None = None) ->
     env = dict(environment or {})
     env.setdefault("ID", str(uuid.uuid4()))
     return [StepMessage(recipe, node, [], env, payload) for node, payload in recipe.start]
+
+
+def _check_recipe_id(value: object, source: str) -> None:
+    """The recipe ID names files, ledger rows and log lines: one line of valid text."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise RecipeError(f"{source}: environment.ID must be text")
+    try:
+        safety.check_text(str(value), "environment.ID", limit=MAX_RECIPE_ID)
+    except ZbatchError as exc:
+        raise RecipeError(f"{source}: {exc}") from None
 
 
 def internal_reason(exc: BaseException) -> str:

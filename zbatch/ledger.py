@@ -2,6 +2,9 @@
 
 A step is claimed (state `submitting`) before the scheduler sees it and updated with the job
 id once accepted, so a redelivered message for a claimed step is recognised, not resubmitted.
+When its job ends, the outcome is recorded once, with what the step still owes its recipe
+(`owed`: messages its job could not send, or zbatch's own failure report) and, while those
+are delivered (`zbatch.owed`), who is sending them and how far they got.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,19 @@ from zbatch.envelope import StepMessage
 from zbatch.jobs import JobState
 from zbatch.securefiles import create_private, make_dirs
 
+# Columns added since the first release, with their definitions: a ledger file written by an
+# older zbatch gets them (ALTER TABLE ADD COLUMN) when it is opened.
+ADDED_COLUMNS = {
+    # What the step still owes its recipe (Owed as JSON; '' when nothing is owed).
+    "owed": "TEXT NOT NULL DEFAULT ''",
+    # How many sends of the first owed part (outbox, then failure report) are done.
+    "owed_sent": "INTEGER NOT NULL DEFAULT 0",
+    # Who is sending them (host:pid#id) and until when that claim holds (epoch seconds).
+    "owed_by": "TEXT NOT NULL DEFAULT ''",
+    "owed_until": "REAL NOT NULL DEFAULT 0",
+    # Why the last try did not deliver them (shown by `zbatch status`).
+    "owed_error": "TEXT NOT NULL DEFAULT ''",
+}
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     key TEXT PRIMARY KEY,
@@ -41,10 +57,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     reported INTEGER NOT NULL DEFAULT 0,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     submitted_at REAL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    {added}
 );
+""".format(added=",\n    ".join(f"{name} {kind}" for name, kind in ADDED_COLUMNS.items()))
+INDEXES = """
 CREATE INDEX IF NOT EXISTS jobs_active ON jobs (state, profile);
 CREATE INDEX IF NOT EXISTS jobs_job_id ON jobs (job_id);
+CREATE INDEX IF NOT EXISTS jobs_owed ON jobs (profile, updated_at) WHERE owed != '';
 """
 SUBMITTING = "submitting"
 ACTIVE = (SUBMITTING, JobState.PENDING.value, JobState.RUNNING.value, JobState.UNKNOWN.value)
@@ -62,6 +82,44 @@ def step_key(message: StepMessage) -> str:
         default=str,
     )
     return hashlib.sha256(ident.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Owed:
+    """What an ended step still owes its recipe, recorded when the tracker settles its job.
+
+    `outbox`: the channels of the messages in the job's outbox (its wrapper could not send
+    them) that are not all sent yet, in order; `failure`: the failure report zbatch sends
+    itself for a job that ended without its wrapper reporting ('' when none is owed).
+    """
+
+    outbox: tuple[str, ...] = ()
+    failure: str = ""
+
+    def __bool__(self) -> bool:
+        return bool(self.outbox or self.failure)
+
+    @property
+    def channels(self) -> list[str]:
+        return [*self.outbox, *(["failure"] if self.failure else [])]
+
+    def dump(self) -> str:
+        if not self:
+            return ""
+        return json.dumps({"outbox": list(self.outbox), "failure": self.failure})
+
+    @classmethod
+    def parse(cls, text: str) -> Owed:
+        """The column's value; zbatch wrote it, so anything else is a defect (ValueError)."""
+        if not text:
+            return cls()
+        data = json.loads(text)
+        outbox, failure = data["outbox"], data["failure"]
+        if not (isinstance(outbox, list) and all(isinstance(c, str) for c in outbox)):
+            raise ValueError(f"ledger: owed outbox {outbox!r} is not a list of channels")
+        if not isinstance(failure, str):
+            raise ValueError(f"ledger: owed failure {failure!r} is not text")
+        return cls(tuple(outbox), failure)
 
 
 @dataclass(frozen=True)
@@ -85,10 +143,23 @@ class LedgerEntry:
     cancel_requested: int
     submitted_at: float | None
     updated_at: float
+    owed: str = ""
+    owed_sent: int = 0
+    owed_by: str = ""
+    owed_until: float = 0.0
+    owed_error: str = ""
 
     @property
     def active(self) -> bool:
         return self.state in ACTIVE
+
+    @property
+    def owes(self) -> Owed:
+        """The messages this step still owes its recipe (empty when all are delivered)."""
+        return Owed.parse(self.owed)
+
+
+COLUMNS = ", ".join(f.name for f in fields(LedgerEntry))
 
 
 class Ledger:
@@ -108,6 +179,27 @@ class Ledger:
         # next claim, and any of them lost is rebuilt from the claim and the job's marker.
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        self._add_missing_columns()
+        self.db.executescript(INDEXES)
+
+    def _add_missing_columns(self) -> None:
+        """Bring a ledger written by an older zbatch up to date (other processes may be
+        opening it at the same moment: the check and the change are one transaction)."""
+        with self.lock:
+            if not self._missing_columns():
+                return
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for name in self._missing_columns():
+                    self.db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {ADDED_COLUMNS[name]}")
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+
+    def _missing_columns(self) -> list[str]:
+        have = {row[1] for row in self.db.execute("PRAGMA table_info(jobs)")}
+        return [name for name in ADDED_COLUMNS if name not in have]
 
     def close(self) -> None:
         self.db.close()
@@ -157,21 +249,94 @@ class Ledger:
         )
         return changed == 1
 
+    def settle(self, key: str, state: str, exit_code: int | None, reason: str, owed: Owed) -> bool:
+        """Record a job's outcome and what it owes its recipe, in one write and only once:
+        False when another tracker (a replica, `zbatch status`) settled it first."""
+        marks = ",".join("?" * len(ACTIVE))
+        changed, _ = self._run(
+            "UPDATE jobs SET state = ?, exit_code = ?, reason = ?, owed = ?, owed_sent = 0, "  # noqa: S608 - fixed names
+            "owed_by = '', owed_until = 0, owed_error = '', updated_at = ? "
+            f"WHERE key = ? AND state IN ({marks})",
+            (state, exit_code, reason, owed.dump(), time.time(), key, *ACTIVE),
+            durable=bool(owed),
+        )
+        return changed == 1
+
+    def owing(self, profile: str) -> list[LedgerEntry]:
+        """The steps of `profile` that still owe messages, in the order they ended."""
+        _, rows = self._run(
+            f"SELECT {COLUMNS} FROM jobs WHERE owed != '' AND profile = ? "  # noqa: S608
+            "ORDER BY updated_at",
+            (profile,),
+        )
+        return [self._entry(row) for row in rows]
+
+    def claim_owed(
+        self, key: str, claimant: str, lease_s: float, stale: str = ""
+    ) -> LedgerEntry | None:
+        """Take the sending of a step's owed messages, as `take_over` takes a claim: only if
+        nobody holds it, the holder's lease ran out, it is ours, or it is `stale` (a holder
+        known to be dead). None when another process holds it or nothing is owed."""
+        now = time.time()
+        changed, _ = self._run(
+            "UPDATE jobs SET owed_by = ?, owed_until = ? WHERE key = ? AND owed != '' "
+            "AND (owed_by IN ('', ?, ?) OR owed_until < ?)",
+            (claimant, now + lease_s, key, claimant, stale or claimant, now),
+        )
+        return self.get(key) if changed == 1 else None
+
+    def record_delivery(
+        self,
+        key: str,
+        claimant: str,
+        owed: Owed,
+        sent: int,
+        lease_s: float,
+        reported: int = 0,
+        error: str = "",
+    ) -> bool:
+        """After each message sent: what is still owed and how many outbox sends are done,
+        on disk before the next send (so no crash or restart sends one twice). The claim is
+        renewed, or released once nothing is owed; `reported` bits are added, `error` kept
+        for `status`. False when `claimant` no longer holds the claim."""
+        until = time.time() + lease_s if owed else 0.0
+        changed, _ = self._run(
+            "UPDATE jobs SET owed = ?, owed_sent = ?, owed_by = ?, owed_until = ?, "
+            "owed_error = ?, reported = reported | ? WHERE key = ? AND owed_by = ?",
+            (owed.dump(), sent, claimant if owed else "", until, error, reported, key, claimant),
+            durable=True,
+        )
+        return changed == 1
+
+    def release_owed(self, key: str, claimant: str, error: str) -> None:
+        """Let go of the sending after a failed try (anyone may try next), noting why."""
+        self._run(
+            "UPDATE jobs SET owed_by = '', owed_until = 0, owed_error = ? "
+            "WHERE key = ? AND owed_by = ?",
+            (error, key, claimant),
+        )
+
     def release(self, key: str) -> None:
         """Forget a claim whose submission certainly failed, so a retry may submit again."""
         self._run("DELETE FROM jobs WHERE key = ? AND state = ?", (key, SUBMITTING))
 
     def get(self, key: str) -> LedgerEntry | None:
-        _, rows = self._run("SELECT * FROM jobs WHERE key = ?", (key,))
+        _, rows = self._run(f"SELECT {COLUMNS} FROM jobs WHERE key = ?", (key,))  # noqa: S608
         return self._entry(rows[0]) if rows else None
 
     def _entry(self, row: tuple[Any, ...]) -> LedgerEntry:
         return LedgerEntry(*row)
 
     def find(
-        self, ids: list[str] | None = None, active_only: bool = False, profile: str | None = None
+        self,
+        ids: list[str] | None = None,
+        active_only: bool = False,
+        profile: str | None = None,
+        owed_only: bool = False,
     ) -> Iterator[LedgerEntry]:
-        query = "SELECT * FROM jobs WHERE 1=1"
+        query = f"SELECT {COLUMNS} FROM jobs WHERE 1=1"  # noqa: S608 - fixed names
+        if owed_only:
+            query += " AND owed != ''"
         args: list[Any] = []
         if ids:
             query += f" AND (job_id IN ({','.join('?' * len(ids))})"

@@ -2,8 +2,9 @@
 
 Each message is appended (and fsynced) to a JSON-lines file before any send is tried; a
 flush sends them in order, retrying with backoff, and removes the file once all are sent.
-If the broker stays down the file remains, and `zbatch wrap --resend FILE` or the dispatcher
-sends it later: results are delayed, never dropped.
+If the broker stays down the file remains: the tracker records its channels in the ledger as
+owed when the job ends, and a dispatcher sends them later (`zbatch.owed`), keeping its own
+progress in the ledger, never in this file: results are delayed, never dropped.
 """
 
 from __future__ import annotations
@@ -70,6 +71,22 @@ class Outbox:
                 raise RecipeError(f"outbox {path} line {number}: not a channel and payload")
             box.pending.append((channel, entry.get("payload")))
         return box
+
+    def sends(self) -> list[tuple[int, StepMessage]]:
+        """Every send the pending messages make, in order: one per destination of each
+        message's channel, with the index of the message it belongs to (what
+        `send_onward` would publish, split so that progress is kept send by send)."""
+        return [
+            (index, self.message.onward(target, payload))
+            for index, (channel, payload) in enumerate(self.pending)
+            for target in self.message.destinations(channel)
+        ]
+
+    def channels_after(self, sent: int) -> tuple[str, ...]:
+        """The channels of the pending messages not wholly sent once `sent` sends are done."""
+        sends = self.sends()
+        first = sends[sent][0] if sent < len(sends) else len(self.pending)
+        return tuple(channel for channel, _ in self.pending[first:])
 
     def add(self, channel: str, payload: Any) -> None:
         self.pending.append((channel, payload))

@@ -60,6 +60,27 @@ def parse_links(value: object, where: str) -> Links:
     )
 
 
+# Where a node's messages go; a broker takes names of at most 255 bytes.
+_ROUTING_FIELDS = ("queue", "topic", "exchange")
+_MAX_ROUTING_NAME = 255
+
+
+def _check_routing(value: object, where: str) -> None:
+    """A queue, topic or exchange name, or nothing: a list or a number would send nowhere."""
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise RecipeError(f"{where} must be a name (text), not {type(value).__name__}")
+    bad = len(value.encode("utf-8", "surrogatepass")) > _MAX_ROUTING_NAME or any(
+        not char.isprintable() for char in value
+    )
+    if bad:
+        raise RecipeError(
+            f"{where} {value[:40]!r} is not a usable name: at most {_MAX_ROUTING_NAME} bytes "
+            "of printable text"
+        )
+
+
 def link_targets(links: Links) -> Iterator[int]:
     if isinstance(links, dict):
         for targets in links.values():
@@ -104,6 +125,8 @@ class Recipe:
                 raise RecipeError(f"{source}: node 0 is not allowed; number nodes from 1")
             if not isinstance(node, dict):
                 raise RecipeError(f"{source}: node {key} must be an object")
+            for name in _ROUTING_FIELDS:
+                _check_routing(node.get(name), f"{source}: node {key} field {name!r}")
             if _is_int(node.get("output")):  # workflows normalises a bare int to a list
                 node = {**node, "output": [node["output"]]}
             nodes[int(key)] = node

@@ -22,6 +22,7 @@ from zbatch.errors import ParameterError
 from zbatch.jobs import JobPaths, JobSpec
 from zbatch.profiles import Profile
 from zbatch.sge_args import translate_qsub_args
+from zbatch.shell_syntax import check_commands
 from zbatch.units import parse_duration, parse_memory_mb
 
 # A path as the host that runs the job resolves it (symbolic links followed).
@@ -221,6 +222,9 @@ def _resources(reader: StepReader, legacy: dict[str, Any]) -> dict[str, Any]:
     time_s = legacy.get("time_limit_s") or (
         parse_duration(limit, f"{where}: time_limit") if limit else defaults.time_limit_s
     )
+    if (time_s is not None and time_s < 1) or (limit is not None and not limit):
+        # 0 would drop the time directive altogether, and with it the profile's limit.
+        raise ParameterError(f"{where}: time_limit {limit!r} must be at least one second")
     gpus = _int(opt("gpus"), f"{where}: gpus", 0) if opt("gpus") is not None else defaults.gpus
     gpus = legacy.get("gpus", gpus)
     limits = profile.limits
@@ -302,6 +306,7 @@ def step_commands(message: StepMessage, profile: Profile) -> list[str] | None:
                     "(SGE reads '#$' lines anywhere in a script); limits come from the profile"
                 )
         checked.append(line)
+    check_commands("\n".join(checked), f"{where}: commands")
     return checked
 
 

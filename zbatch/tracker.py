@@ -1,7 +1,8 @@
 """Batched job tracking: one scheduler query per cluster per poll, whatever the job count.
 
 A job's outcome comes from the exit record its script wrote, checked against what the
-scheduler says. A job that left the scheduler without a record is `lost`, never `succeeded`.
+scheduler says; it is recorded once, together with what the step still owes its recipe
+(`zbatch.owed`). A job that left the scheduler without a record is `lost`, never `succeeded`.
 A job writes its records itself, so one that is malformed counts as no record, and an error
 met with one job is logged and that job skipped: polling goes on for the others.
 """
@@ -17,6 +18,7 @@ from zbatch.cluster import Cluster
 from zbatch.errors import ZbatchError
 from zbatch.jobs import ExitRecord, JobPaths, JobState, state_from_exit
 from zbatch.ledger import Ledger, LedgerEntry
+from zbatch.owed import owed_at_end
 from zbatch.schedulers.base import SchedulerStatus
 
 log = logging.getLogger(__name__)
@@ -176,16 +178,25 @@ class Tracker:
             # Asked to cancel, then ended badly: SGE's -notify warning signal often ends the
             # job before qdel's kill, and a job deleted while pending leaves no accounting.
             settled = Settled(JobState.CANCELLED, settled.exit_code, "cancelled on request")
-        self.ledger.update(
-            entry.key, state=settled.state.value, exit_code=settled.exit_code, reason=settled.reason
-        )
+        try:
+            owed = owed_at_end(self.cluster, entry, settled.state, settled.reason)
+        except ZbatchError as exc:
+            log.warning("job %s: cannot read what it left to send yet: %s", entry.job_id, exc)
+            return None
+        # The outcome and what the step owes are one write, made once: a replica or `zbatch
+        # status` that settled it first has recorded both, and this poll leaves it alone.
+        if not self.ledger.settle(
+            entry.key, settled.state.value, settled.exit_code, settled.reason, owed
+        ):
+            return None
         log.info(
-            "job %s (%s step %d): %s %s",
+            "job %s (%s step %d): %s%s%s",
             entry.job_id,
             entry.recipe_id,
             entry.pointer,
             settled.state.value,
-            settled.reason,
+            f" {settled.reason}" if settled.reason else "",
+            f"; owes {', '.join(owed.channels)}" if owed else "",
         )
         updated = self.ledger.get(entry.key)
         return (updated or entry), settled

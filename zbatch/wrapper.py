@@ -146,6 +146,9 @@ def check_argument(value: object, what: str) -> str:
     text = str(value)
     if "\0" in text:
         raise WrapperError(f"{what} contains a NUL byte")
+    if any("\ud800" <= char <= "\udfff" for char in text):
+        # It could not be encoded for exec(): the tool would fail to start, not refuse it.
+        raise WrapperError(f"{what} contains a lone surrogate (not valid Unicode text)")
     if len(text) > MAX_ARGUMENT:
         raise WrapperError(f"{what} is {len(text)} characters long; the limit is {MAX_ARGUMENT}")
     return text

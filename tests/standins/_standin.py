@@ -32,7 +32,7 @@ def parse_assignments(args: list[str], known: Callable[[str], bool]) -> list[tup
     pairs = []
     for arg in args:
         key, sep, value = arg.partition("=")
-        if not sep or not PHIL_NAME.match(key):
+        if not sep or not PHIL_NAME.fullmatch(key):
             raise Sorry(f"Unrecognised argument: {arg!r} (expected name=value)")
         if not known(key):
             raise Sorry(f"Unknown command line parameter definition: {key} = {value}")

@@ -27,7 +27,7 @@ def test_what_counts_as_unavailability() -> None:
 
 
 def test_outage_closes_the_gate_and_one_probe_at_a_time_reopens_it() -> None:
-    clock, changes = Clock(), []
+    clock, changes = Clock(), list[bool]()
     gate = OutageGate("slurm", 60, on_change=changes.append, clock=clock)
     stop = threading.Event()
     gate.take_turn(stop)  # up: at once

@@ -13,7 +13,7 @@ from zbatch.jobs import JobState
 from zbatch.ledger import default_state_dir
 from zbatch.schedulers.base import Scheduler, SchedulerStatus
 
-_ID = re.compile(r"^\d+$")
+_ID = re.compile(r"[0-9]{1,12}")
 
 
 def localbatch_dir() -> Path:
@@ -48,7 +48,7 @@ class LocalScheduler(Scheduler):
     @staticmethod
     def _checked(job_ids: Sequence[str]) -> list[str]:
         for job_id in job_ids:
-            if not _ID.match(job_id):
+            if not _ID.fullmatch(job_id):
                 raise SchedulerError(f"{job_id!r} is not a local job id")
         return list(job_ids)
 
@@ -57,7 +57,7 @@ class LocalScheduler(Scheduler):
 
     def parse_submit(self, stdout: str) -> str:
         for line in reversed(stdout.split()):
-            if _ID.match(line):
+            if _ID.fullmatch(line):
                 return line
         raise SchedulerError(f"local submit printed no job id: {stdout[:200]!r}")
 
@@ -86,7 +86,7 @@ class LocalScheduler(Scheduler):
     def parse_find(self, stdout: str, marker: str) -> str | None:
         for line in stdout.splitlines():
             job_id, _, found = line.strip().partition("|")
-            if found == marker and _ID.match(job_id):
+            if found == marker and _ID.fullmatch(job_id):
                 return job_id
         return None
 

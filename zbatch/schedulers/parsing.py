@@ -24,7 +24,7 @@ def check_ids(job_ids: Sequence[str], pattern: re.Pattern[str], scheduler: str) 
     if not job_ids:
         raise SchedulerError(f"{scheduler}: no job ids given")
     for job_id in job_ids:
-        if not isinstance(job_id, str) or not pattern.match(job_id):
+        if not isinstance(job_id, str) or not pattern.fullmatch(job_id):
             raise SchedulerError(f"{scheduler}: {shorten(repr(job_id), 60)} is not a job id")
     return list(job_ids)
 

@@ -124,7 +124,7 @@ class SgeScheduler(Scheduler):
             if key == "job_number":
                 job_id = value.strip()
             elif key == "context" and f"zbatch={marker}" in value.strip().split(","):
-                return job_id if JOB_ID.match(job_id) else None
+                return job_id if JOB_ID.fullmatch(job_id) else None
         return None
 
     def detail_argv(self, job_id: str) -> list[str] | None:

@@ -91,7 +91,7 @@ class SlurmScheduler(Scheduler):
         found: dict[str, list[SchedulerStatus]] = {}
         for line in stdout.splitlines():
             fields = line.strip().split("|", 2)
-            if len(fields) != 3 or not JOB_ID.match(fields[0]):
+            if len(fields) != 3 or not JOB_ID.fullmatch(fields[0]):
                 if line.strip():
                     log.warning("squeue line not understood, ignored: %s", shorten(line))
                 continue
@@ -125,7 +125,7 @@ class SlurmScheduler(Scheduler):
     def parse_find(self, stdout: str, marker: str) -> str | None:
         for line in stdout.splitlines():
             job_id, _, comment = line.strip().partition("|")
-            if comment == f"zbatch:{marker}" and JOB_ID.match(job_id):
+            if comment == f"zbatch:{marker}" and JOB_ID.fullmatch(job_id):
                 return job_id
         return None
 

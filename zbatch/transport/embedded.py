@@ -10,12 +10,21 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 from zbatch.errors import TransportError
 from zbatch.securefiles import create_private, make_dirs
-from zbatch.transport.base import ORIGIN_HEADER, REASON_HEADER, Delivery, Transport
+from zbatch.transport.base import (
+    ORIGIN_HEADER,
+    REASON_HEADER,
+    Delivery,
+    Outgoing,
+    Settlement,
+    Transport,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -91,6 +100,10 @@ class EmbeddedTransport(Transport):
     def broadcast(
         self, exchange: str, body: bytes, headers: dict[str, Any], expiration_s: float | None = None
     ) -> None:
+        with self._transaction():
+            self._insert_broadcast(exchange, headers, body)
+
+    def _insert_broadcast(self, exchange: str, headers: dict[str, Any], body: bytes) -> None:
         db = self.db
         db.execute(
             "INSERT INTO broadcasts (exchange, headers, body, created) VALUES (?,?,?,?)",
@@ -155,13 +168,57 @@ class EmbeddedTransport(Transport):
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         headers = {**delivery.headers, REASON_HEADER: reason, ORIGIN_HEADER: delivery.queue}
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.execute("DELETE FROM messages WHERE id = ?", (delivery.tag,))
+        with self._transaction():
+            self._take(delivery, "dead-lettered")
             self._insert(f"dlq.{delivery.queue}", headers, delivery.body, 0)
-        finally:
-            db.execute("COMMIT")
+
+    def settle(self, delivery: Delivery, sends: list[Outgoing]) -> Settlement:
+        """Insert `sends` and delete `delivery` in one SQLite transaction.
+
+        Every queue exists here, so nothing is undeliverable. A delivery that is no longer
+        in the queue (its lease ran out and another consumer took and acknowledged it) is
+        refused with nothing sent: whoever holds it now sends its messages.
+        """
+        with self._transaction():
+            self._take(delivery, "sent")
+            for outgoing in sends:
+                if outgoing.broadcast:
+                    self._insert_broadcast(outgoing.exchange, outgoing.headers, outgoing.body)
+                else:
+                    self._insert(
+                        outgoing.queue, outgoing.headers, outgoing.body, outgoing.delay or 0
+                    )
+        return Settlement(sent=list(sends))
+
+    def _take(self, delivery: Delivery, what: str) -> None:
+        """Delete the delivery's message inside a transaction; refuse one already gone."""
+        gone = self.db.execute("DELETE FROM messages WHERE id = ?", (delivery.tag,))
+        if gone.rowcount != 1:
+            raise TransportError(
+                f"message {delivery.tag} from {delivery.queue!r} is no longer in the embedded "
+                f"queue {self.path} (its lease ran out and another consumer settled it?): "
+                f"nothing {what}",
+                transient=False,
+            )
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction: committed if the block finishes, else rolled back.
+
+        SQLite failing (disk full, I/O error) is a TransportError, as a broker failing is.
+        """
+        db = self.db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                db.execute("COMMIT")
+            except BaseException:
+                with suppress(sqlite3.Error):  # SQLite may have rolled back already
+                    db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise TransportError(f"embedded queue {self.path}: {exc}", transient=True) from None
 
     def _insert(self, queue: str, headers: dict[str, Any], body: bytes, delay: float) -> None:
         now = time.time()

@@ -32,12 +32,39 @@ class PikaDelivery(Delivery):
 
 @dataclass
 class QueueChannel:
-    """The channel that consumes (or gets from) one queue, and what it has buffered."""
+    """The channel that consumes (or gets from) one queue, and what it has buffered.
+
+    The channel is in transaction mode: acks, nacks and the publishes that go with them take
+    effect together at `tx_commit`. `returned` collects the mandatory publishes the broker
+    gave back as unroutable (it sends them before `tx.commit-ok`).
+    """
 
     channel: Any
     generation: int
     buffer: deque[PikaDelivery] = field(default_factory=deque)
     consumer_tag: str | None = None
+    returned: list[Returned] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Returned:
+    """A mandatory publish the broker could not route (basic.return)."""
+
+    exchange: str
+    routing_key: str
+    body: bytes
+    reply_text: str
+
+
+@dataclass(frozen=True)
+class Wire:
+    """One publish as it goes on the wire (after a delay became the delayed exchange)."""
+
+    exchange: str
+    routing_key: str
+    body: bytes
+    properties: Any
+    mandatory: bool
 
 
 def make_delivery(
@@ -85,6 +112,8 @@ def is_transient(exc: BaseException) -> bool:
         pe.ProbableAccessDeniedError,
         pe.UnroutableError,
         pe.ProtocolSyntaxError,
+        pe.UnsupportedAMQPFieldException,  # a header value AMQP cannot carry
+        pe.ShortStringTooLong,  # a name over 255 bytes
     )
     if isinstance(exc, permanent):
         return False
