@@ -297,6 +297,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 # A profile is a page of settings: far below either limit; both keep hostile files cheap.
 MAX_PROFILE_BYTES = 1024 * 1024
 MAX_PROFILE_DEPTH = 32
+MAX_PROFILE_NODES = 100_000
 
 
 def _depth(data: object) -> int:
@@ -310,6 +311,32 @@ def _depth(data: object) -> int:
                 values = item.values() if isinstance(item, dict) else item
                 stack.extend((value, level + 1) for value in values)
     return deepest
+
+
+def _load_yaml(text: str, path: str) -> Any:
+    """Parse with the strict loader, refusing documents that aliases blow up (a few lines of
+    `&a [*b, *b, ...]` expand to billions of nodes) before anything is built from them."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        expanded, stack = 0, [node]
+        while stack:
+            current = stack.pop()
+            expanded += 1
+            if expanded > MAX_PROFILE_NODES:
+                raise ProfileError(
+                    f"{path}: expands to more than {MAX_PROFILE_NODES} values (aliases); "
+                    "not a profile"
+                )
+            if isinstance(current, yaml.MappingNode):
+                stack.extend(part for pair in current.value for part in pair)
+            elif isinstance(current, yaml.SequenceNode):
+                stack.extend(current.value)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def _yaml_error(path: str | Path, exc: yaml.YAMLError) -> str:
@@ -328,7 +355,7 @@ def load_profile_file(path: str | Path) -> Profile:
     if len(raw) > MAX_PROFILE_BYTES:
         raise ProfileError(f"{path}: larger than {MAX_PROFILE_BYTES} bytes; not a profile")
     try:
-        data: Any = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+        data: Any = _load_yaml(text, str(path))
     except yaml.YAMLError as exc:
         raise ProfileError(_yaml_error(path, exc)) from None
     except RecursionError:
