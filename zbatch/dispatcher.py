@@ -35,7 +35,7 @@ from zbatch.profiles import Profile
 from zbatch.submission import JobContext
 from zbatch.submitter import RECOVERY_GRACE_S, Submitted, Submitter
 from zbatch.tracker import Settled, Tracker
-from zbatch.transport.base import Delivery, Transport, onward_outgoing
+from zbatch.transport.base import Delivery, Settlement, Transport, onward_outgoing
 
 log = logging.getLogger(__name__)
 
@@ -257,8 +257,8 @@ class Dispatcher:
             )
             return "redelivery-pending"
         except Exception:
-            # Not even dead-lettering worked: leave the message unacknowledged (the broker
-            # redelivers it) rather than stop the service.
+            # Not even reporting the defect worked (`_dead_letter` requeues what it cannot
+            # dead-letter): go on rather than stop the service.
             log.exception("message %s could not be dead-lettered", job.delivery.tag)
             return "redelivery-pending"
 
@@ -275,7 +275,7 @@ class Dispatcher:
             return self._internal_error(delivery, result)
         if isinstance(result, BaseException):
             raise result
-        self._notify_submitted(job, result.entry)  # and acknowledges the step, as one unit
+        self._notify_submitted(job, result)  # and acknowledges the step, as one unit
         if result.new:
             self.metrics.submitted.inc()
             self.metrics.latency.observe(time.monotonic() - job.started)
@@ -353,10 +353,20 @@ class Dispatcher:
                 "message %s not dead-lettered, the broker will redeliver it: %s", delivery.tag, exc
             )
             return "redelivery-pending"
+        except Exception:
+            # A defect: the transport rolled back and still holds the message. Put it back
+            # rather than hold it (and a prefetch slot) for good; a quorum queue's delivery
+            # limit dead-letters it if this keeps happening.
+            log.exception("message %s could not be dead-lettered; requeueing it", delivery.tag)
+            try:
+                self.transport.nack(delivery, requeue=True)
+            except Exception:
+                log.exception("message %s could not be requeued either", delivery.tag)
+            return "redelivery-pending"
         self.metrics.dead_lettered.labels(kind).inc()
         return "dead-lettered"
 
-    def _notify_submitted(self, job: InFlight, entry: LedgerEntry) -> None:
+    def _notify_submitted(self, job: InFlight, result: Submitted) -> None:
         """Send the step's `job_submitted` notice and acknowledge the step, as one unit.
 
         The notice and the ack are one broker transaction (`Transport.settle`), so the
@@ -369,28 +379,34 @@ class Dispatcher:
         A notice whose queue does not exist is dead-lettered in the same transaction, with
         the job id in the reason; the step is acknowledged all the same (its job exists),
         so it never holds a prefetch slot.
+
+        The transport may commit several steps' units at once (while other submissions are
+        in flight, until the next receive): what follows the commit runs in `committed`.
         """
-        message, notices = job.message, []
+        message, entry, notices = job.message, result.entry, []
         # Nobody listens: no ledger round trip (it waits behind workers' commits).
         if message.destinations("job_submitted"):
-            # Read afresh: a duplicate settled after its twin carries a stale snapshot.
-            entry = self.ledger.get(entry.key) or entry
+            if not result.new:
+                # Read afresh: a duplicate settled after its twin carries a stale snapshot.
+                # (A new claim's own snapshot is fresh: only a settled twin sets the bit.)
+                entry = self.ledger.get(entry.key) or entry
             if not entry.reported & NOTIFIED_SUBMITTED:
                 payload = {"jobid": entry.job_id, "scheduler": entry.scheduler}
                 what = f"job_submitted notice for job {entry.job_id}"
                 notices = onward_outgoing(message, "job_submitted", payload, what)
-        settlement = self.transport.settle(job.delivery, notices)
-        for _notice, reason in settlement.undeliverable:
-            log.warning(
-                "step %s: %s; the notice is in dlq.%s", entry.key, reason, job.delivery.queue
-            )
-            self.metrics.dead_lettered.labels("undeliverable-notice").inc()
-        if not notices:
-            return
-        try:
-            self.ledger.update(entry.key, reported=entry.reported | NOTIFIED_SUBMITTED)
-        except Exception:  # settled already: nothing about the step may be undone now
-            log.exception("step %s: notice sent, but the ledger did not record it", entry.key)
+
+        def committed(settlement: Settlement) -> None:
+            for _notice, reason in settlement.undeliverable:
+                log.warning(
+                    "step %s: %s; the notice is in dlq.%s", entry.key, reason, job.delivery.queue
+                )
+                self.metrics.dead_lettered.labels("undeliverable-notice").inc()
+            if notices:  # only now: had the unit not happened, the redelivery must send it
+                # Other bits (the outcome's) may have been set since the snapshot: keep them.
+                fresh = self.ledger.get(entry.key) or entry
+                self.ledger.update(entry.key, reported=fresh.reported | NOTIFIED_SUBMITTED)
+
+        self.transport.settle(job.delivery, notices, committed)
 
     def _track_safely(self) -> None:
         try:

@@ -31,7 +31,7 @@ from zbatch.ledger import Ledger, step_key
 from zbatch.profiles import load_profile_file
 from zbatch.recipe import Recipe
 from zbatch.submission import JobContext
-from zbatch.transport.base import ORIGIN_HEADER, REASON_HEADER, Delivery, Outgoing
+from zbatch.transport.base import ORIGIN_HEADER, REASON_HEADER, Delivery, Outgoing, Settlement
 from zbatch.transport.embedded import EmbeddedTransport
 from zbatch.transport.factory import TransportConfig
 from zbatch.transport.pika import PikaDelivery, PikaTransport
@@ -168,6 +168,74 @@ def test_connection_dropped_before_commit_sends_nothing_and_redelivers(
 
 
 @pytest.mark.rabbitmq
+def test_group_commit_while_other_deliveries_are_in_hand(
+    rabbit: PikaTransport, names: Names
+) -> None:
+    """Settling while this consumer holds other deliveries waits for one commit of all of
+    them: when the last one is settled, or at the next receive."""
+    work, out = names.queue(), names.queue()
+    for n in range(3):
+        rabbit.publish(work, f"step {n}".encode(), {})
+    rabbit.set_prefetch(3)
+    first, second = take(rabbit, work), take(rabbit, work)
+    done: list[bytes] = []
+    rabbit.settle(first, [notice_to(out)], lambda _s: done.append(first.body))
+    assert done == [] and depth_after_release(out) == 0  # staged, not committed yet
+    rabbit.settle(second, [notice_to(out)], lambda _s: done.append(second.body))
+    assert done == [b"step 0", b"step 1"]  # the last one in hand: one commit for both
+    assert depth_after_release(out) == 2
+    third = take(rabbit, work)  # alone in hand: committed at once
+    rabbit.settle(third, [notice_to(out)], lambda _s: done.append(third.body))
+    assert done[-1] == b"step 2"
+    rabbit.disconnect()
+    assert depth_after_release(work) == 0 and depth_after_release(out) == 3
+
+
+@pytest.mark.rabbitmq
+def test_staged_settlement_is_committed_by_the_next_receive(
+    rabbit: PikaTransport, names: Names
+) -> None:
+    work, out = names.queue(), names.queue()
+    for n in range(2):
+        rabbit.publish(work, f"step {n}".encode(), {})
+    rabbit.set_prefetch(2)
+    first, second = take(rabbit, work), take(rabbit, work)
+    rabbit.settle(first, [notice_to(out)])
+    assert depth_after_release(out) == 0
+    assert rabbit.receive(work, 0.1) is None  # commits what was staged first
+    assert depth_after_release(out) == 1
+    rabbit.ack(second)
+    rabbit.disconnect()
+    assert depth_after_release(work) == 0
+
+
+@pytest.mark.rabbitmq
+def test_group_commit_lost_with_the_connection_redelivers_all_and_sends_nothing(
+    rabbit: PikaTransport, names: Names
+) -> None:
+    work, out = names.queue(), names.queue()
+    for n in range(3):
+        rabbit.publish(work, f"step {n}".encode(), {})
+    rabbit.set_prefetch(3)
+    held = [take(rabbit, work) for _ in range(3)]
+    done: list[Settlement] = []
+    for delivery in held[:2]:
+        rabbit.settle(delivery, [notice_to(out)], done.append)
+
+    def drop_then_commit(channel: Any) -> Any:
+        cut_socket(rabbit)
+        return channel.tx_commit()
+
+    break_commit(rabbit, work, drop_then_commit)
+    with pytest.raises(TransportError):
+        rabbit.settle(held[2], [notice_to(out)])
+    assert done == []  # no commit, so nothing after it ran
+    assert bodies(out) == []
+    again = sorted(take(rabbit, work, 10).body for _ in range(3))
+    assert again == [b"step 0", b"step 1", b"step 2"]
+
+
+@pytest.mark.rabbitmq
 def test_rolled_back_dead_letter_leaves_no_copy(rabbit: PikaTransport, names: Names) -> None:
     work = names.queue()
     rabbit.publish(work, b"poison", {RECIPE_HEADER: True})
@@ -199,12 +267,18 @@ def test_defect_inside_the_transaction_rolls_back_and_keeps_the_delivery(
     real = qc.channel
     calls = {"n": 0}
 
-    class SecondPublishFails(ChannelProxy):
+    class Frames:  # pika's own channel, where the transaction's frames are queued
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real._impl, name)
+
         def basic_publish(self, *args: Any, **kwargs: Any) -> Any:
             calls["n"] += 1
             if calls["n"] == 2:
                 raise RuntimeError("a defect between two publishes")
-            return real.basic_publish(*args, **kwargs)
+            return real._impl.basic_publish(*args, **kwargs)
+
+    class SecondPublishFails(ChannelProxy):
+        _impl = Frames()
 
     qc.channel = SecondPublishFails(real, lambda channel: channel.tx_commit())
     with pytest.raises(RuntimeError):
@@ -473,3 +547,20 @@ def test_embedded_dispatcher_sends_the_notice_once_through_a_failed_commit(
     dispatcher.serve(threading.Event(), max_messages=1)  # the lease ran out: it comes again
     assert dispatcher.outcomes == {"redelivery-pending": 1, "duplicate": 1}
     assert transport.queues() == {"submitted": 1}
+
+
+def test_a_message_that_cannot_be_dead_lettered_is_requeued_not_held(
+    tmp_path: Path, make_profile: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transport = EmbeddedTransport(tmp_path / "queue.sqlite", lease_s=600)
+    dispatcher = dispatcher_for(make_profile, transport, "cluster.submission", tmp_path)
+    transport.publish("cluster.submission", b"{not json", {RECIPE_HEADER: True})
+
+    def broken(self: EmbeddedTransport, delivery: Delivery, reason: str) -> None:
+        raise RuntimeError("a defect in dead-lettering")
+
+    monkeypatch.setattr(EmbeddedTransport, "dead_letter", broken)
+    dispatcher.serve(threading.Event(), max_messages=1)
+    assert dispatcher.outcomes == {"redelivery-pending": 1}
+    again = transport.receive("cluster.submission", 0)  # at once, not after the 600 s lease
+    assert again is not None and again.delivery_count == 2

@@ -7,11 +7,15 @@ and a recipe step's destination (queue, topic, exchange, delay) is resolved in o
 from __future__ import annotations
 
 import json
+import logging
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from zbatch.envelope import RECIPE_HEADER, StepMessage
+
+log = logging.getLogger(__name__)
 
 STATUS_EXCHANGE = "transient.status"
 REASON_HEADER = "x-zbatch-dead-letter-reason"
@@ -109,13 +113,23 @@ class Transport(ABC):
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Move the message to `dlq.<queue>` with the reason in a header; nothing is lost."""
 
-    def settle(self, delivery: Delivery, sends: list[Outgoing]) -> Settlement:
+    def settle(
+        self,
+        delivery: Delivery,
+        sends: list[Outgoing],
+        then: Callable[[Settlement], None] | None = None,
+    ) -> Settlement:
         """Publish `sends` and acknowledge `delivery` as one unit: all of it happens or none.
 
         So a message sent on behalf of a delivery is sent once: it is only (re)sent when
         the delivery is (re)delivered, and a delivery comes again only when the unit did
         not happen. A send whose queue does not exist goes to `dlq.<delivery.queue>` in
         the same unit instead (see `Settlement`), so it never blocks the delivery.
+
+        A transport may hold the unit back a little to commit several at once (the pika
+        transport does while its consumer still holds other deliveries, until the last
+        of them is settled or its next call): `then(settlement)` runs once the unit has
+        happened, and never if it did not (the broker then delivers the message again).
 
         On `TransportError` the delivery is no longer held by this consumer: the
         connection or channel that held it is gone, or it was put back, so the broker will
@@ -128,7 +142,9 @@ class Transport(ABC):
         for outgoing in sends:
             self.send(outgoing)
         self.ack(delivery)
-        return Settlement(sent=list(sends))
+        settlement = Settlement(sent=list(sends))
+        after_commit(then, settlement, delivery)
+        return settlement
 
     def keep_alive(self) -> None:  # noqa: B027 - only network brokers need it
         """Service the connection (heartbeats) while the consumer is not receiving."""
@@ -163,6 +179,19 @@ class Transport(ABC):
         for target in targets:
             self.send_step(message.onward(target, payload))
         return targets
+
+
+def after_commit(
+    then: Callable[[Settlement], None] | None, settlement: Settlement, delivery: Delivery
+) -> None:
+    """Run a settlement's `then`: its failure is logged, since the unit has happened and
+    nothing may undo it now."""
+    if then is None:
+        return
+    try:
+        then(settlement)
+    except Exception:
+        log.exception("after settling message %s from %s", delivery.tag, delivery.queue)
 
 
 def step_outgoing(message: StepMessage, what: str = "message") -> list[Outgoing]:

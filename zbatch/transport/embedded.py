@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from zbatch.transport.base import (
     Outgoing,
     Settlement,
     Transport,
+    after_commit,
 )
 
 SCHEMA = """
@@ -172,7 +173,12 @@ class EmbeddedTransport(Transport):
             self._take(delivery, "dead-lettered")
             self._insert(f"dlq.{delivery.queue}", headers, delivery.body, 0)
 
-    def settle(self, delivery: Delivery, sends: list[Outgoing]) -> Settlement:
+    def settle(
+        self,
+        delivery: Delivery,
+        sends: list[Outgoing],
+        then: Callable[[Settlement], None] | None = None,
+    ) -> Settlement:
         """Insert `sends` and delete `delivery` in one SQLite transaction.
 
         Every queue exists here, so nothing is undeliverable. A delivery that is no longer
@@ -188,7 +194,9 @@ class EmbeddedTransport(Transport):
                     self._insert(
                         outgoing.queue, outgoing.headers, outgoing.body, outgoing.delay or 0
                     )
-        return Settlement(sent=list(sends))
+        settlement = Settlement(sent=list(sends))
+        after_commit(then, settlement, delivery)
+        return settlement
 
     def _take(self, delivery: Delivery, what: str) -> None:
         """Delete the delivery's message inside a transaction; refuse one already gone."""

@@ -44,10 +44,12 @@ from zbatch.transport.base import (
     Outgoing,
     Settlement,
     Transport,
+    after_commit,
 )
 from zbatch.transport.rabbit_settings import RabbitSettings
 from zbatch.transport.rabbit_wire import (
     DELIVERY_COUNT_HEADER,
+    Pending,
     PikaDelivery,
     QueueChannel,
     Returned,
@@ -84,7 +86,9 @@ class PikaTransport(Transport):
     subscription, which dlstbx's cluster service uses): `settle` publishes a delivery's
     onward messages and acks it in one transaction, and `ack`, `nack` and `dead_letter`
     commit theirs too (on a transactional channel nothing happens before the commit).
-    Confirms cannot be used on such a channel, so plain `publish` keeps its own.
+    While other deliveries from the queue are still in hand, a settlement waits to share
+    one commit with theirs (group commit, see `settle`). Confirms cannot be used on a
+    transactional channel, so plain `publish` keeps a confirmed channel of its own.
     """
 
     def __init__(self, settings: RabbitSettings | None = None) -> None:
@@ -122,7 +126,9 @@ class PikaTransport(Transport):
             self._open(self.settings.connection_attempts)
 
     def disconnect(self) -> None:
-        """Close; the broker requeues whatever this connection left unacked."""
+        """Commit what was settled, then close; the broker requeues whatever is left unacked."""
+        if self.connected:
+            self._commit_staged()
         self._drop()
 
     # -- publishing ---------------------------------------------------------------------------
@@ -146,6 +152,7 @@ class PikaTransport(Transport):
         self._publish(Wire(exchange, "", body, props, mandatory=False))
 
     def _publish(self, w: Wire) -> None:
+        self._commit_staged()
         via = f"exchange {w.exchange!r}" if w.exchange else "the default exchange"
         with self._guard(f"publish to {w.routing_key!r} via {via}"):
             if self._send is None or not self._send.is_open:
@@ -159,6 +166,7 @@ class PikaTransport(Transport):
 
     def keep_alive(self) -> None:
         if self.connected:
+            self._commit_staged()
             with self._guard("heartbeat"):
                 self._conn.process_data_events(time_limit=0)
 
@@ -169,6 +177,7 @@ class PikaTransport(Transport):
 
     def receive(self, queue: str, timeout: float) -> PikaDelivery | None:
         deadline = time.monotonic() + max(timeout, 0.0)
+        self._commit_staged()
         with self._guard(f"receive from {queue!r}"):
             qc = self._queue_channel(queue)
             if qc.consumer_tag is None:
@@ -179,17 +188,26 @@ class PikaTransport(Transport):
                 self._conn.process_data_events(time_limit=max(remaining, 0.0))
                 if remaining <= 0:
                     break
-            return qc.buffer.popleft() if qc.buffer else None
+            if not qc.buffer:
+                return None
+            delivery = qc.buffer.popleft()
+            qc.held.add(delivery.tag)
+            return delivery
 
     def get(self, queue: str) -> PikaDelivery | None:
         """One message without consuming (basic_get); ack, nack or dead-letter it as usual."""
+        self._commit_staged()
         with self._guard(f"get from {queue!r}"):
             qc = self._queue_channel(queue)
             method, props, body = qc.channel.basic_get(queue, auto_ack=False)
-            return None if method is None else make_delivery(qc, queue, method, props, body)
+            if method is None:
+                return None
+            qc.held.add(method.delivery_tag)
+            return make_delivery(qc, queue, method, props, body)
 
     def ack(self, delivery: Delivery) -> None:
-        self._transact(delivery, [], f"ack of message {delivery.tag} from {delivery.queue!r}")
+        what = f"ack of message {delivery.tag} from {delivery.queue!r}"
+        self._settle_now(Pending(self._pika(delivery)), what)
 
     def nack(self, delivery: Delivery, requeue: bool = True) -> None:
         if not requeue:
@@ -197,7 +215,7 @@ class PikaTransport(Transport):
             self.dead_letter(delivery, "rejected without requeue")
             return
         what = f"nack of message {delivery.tag} from {delivery.queue!r}"
-        self._transact(delivery, [], what, requeue=True)
+        self._settle_now(Pending(self._pika(delivery), requeue=True), what)
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Copy to `dlq.<queue>` and ack in one transaction: one copy, and nothing lost.
@@ -206,23 +224,22 @@ class PikaTransport(Transport):
         """
         what = f"dead-lettering message {delivery.tag} from {delivery.queue!r}"
         with self._guard(what):
-            self._owning(delivery)  # refuse a stale delivery before copying it
+            qc = self._owning(delivery)  # refuse a stale delivery before copying it
         try:
             self._require_dlq(delivery)
         except TransportError:
-            self._release(delivery)
+            self._release(qc, [Pending(self._pika(delivery))])
             raise
         headers = {k: v for k, v in delivery.headers.items() if k != DELIVERY_COUNT_HEADER}
         copy = dead_copy(delivery.queue, delivery.body, headers, reason, delivery.queue)
-        for lost in self._transact(delivery, [copy], what):
-            log.error(
-                "message %s from %s: its dead letter was lost: %s",
-                delivery.tag,
-                delivery.queue,
-                lost.reply_text,
-            )
+        self._settle_now(Pending(self._pika(delivery), [copy]), what)
 
-    def settle(self, delivery: Delivery, sends: list[Outgoing]) -> Settlement:
+    def settle(
+        self,
+        delivery: Delivery,
+        sends: list[Outgoing],
+        then: Callable[[Settlement], None] | None = None,
+    ) -> Settlement:
         """Publish `sends` and ack `delivery` in one AMQP transaction on its own channel.
 
         A send whose queue (or exchange) does not exist is dead-lettered in the same
@@ -230,34 +247,40 @@ class PikaTransport(Transport):
         a passive declare, cached. Should the broker still return one as unroutable (a
         queue deleted since the check), the commit has already acked the delivery: the
         returned message is then dead-lettered in a second transaction.
+
+        Group commit: while this consumer still holds other deliveries from the same queue
+        (a dispatcher's submissions in flight), the settlement waits for the commit of the
+        last of them or for this transport's next call (receive, publish, ...), so one
+        commit serves several messages. `then` runs after the commit.
         """
         what = f"settling message {delivery.tag} from {delivery.queue!r}"
-        if not sends:
-            self._transact(delivery, [], what)
-            return Settlement()
-        with self._guard(what):
-            self._owning(delivery)  # refuse a stale delivery before checking routes
-        settlement = Settlement()
-        wires: list[Wire] = []
+        qc = self._owning(delivery)  # refuse a stale delivery before checking routes
+        item = Pending(self._pika(delivery), settlement=Settlement(), then=then)
+        assert item.settlement is not None
         try:
             for outgoing in sends:
                 why = self._unroutable(outgoing)
                 if why is None:
-                    settlement.sent.append(outgoing)
-                    wires.append(wire(outgoing))
+                    item.settlement.sent.append(outgoing)
+                    item.wires.append(checked(wire(outgoing)))
                     continue
                 reason = f"{outgoing.what} undeliverable: {why}"
-                settlement.undeliverable.append((outgoing, reason))
-                wires.append(undeliverable_copy(delivery.queue, outgoing, reason))
-            if settlement.undeliverable:
+                item.settlement.undeliverable.append((outgoing, reason))
+                item.wires.append(checked(undeliverable_copy(delivery.queue, outgoing, reason)))
+            if item.settlement.undeliverable:
                 self._require_dlq(delivery)
+        except pe.AMQPError as exc:  # a header AMQP cannot carry
+            self._release(qc, [item])
+            raise TransportError(f"{what}: {self._describe(exc)}", transient=False) from None
         except TransportError:
-            self._release(delivery)
+            self._release(qc, [item])
             raise
-        returned = self._transact(delivery, wires, what)
-        if returned:
-            self._dead_letter_returned(delivery, settlement, returned)
-        return settlement
+        if qc is self._queues.get(delivery.queue) and qc.held - {delivery.tag}:
+            qc.staged.append(item)  # committed with the last one in hand, or sooner
+            qc.held.discard(delivery.tag)
+        else:
+            self._settle_now(item, what)
+        return item.settlement
 
     # -- queue administration (tests, setup_broker, zbatch dlq) --------------------------------
 
@@ -296,6 +319,8 @@ class PikaTransport(Transport):
         qc = self._queues.get(queue)
         if qc is not None and qc.channel.is_open:
             return qc
+        if qc is not None:
+            self._forget(qc)
         channel = self._conn.channel()
         # Consumers never declare queues (workflows doesn't): a passive declare only checks
         # that it exists, and a 404 closes this fresh channel alone.
@@ -313,41 +338,83 @@ class PikaTransport(Transport):
             Returned(method.exchange, method.routing_key, body, str(method.reply_text))
         )
 
-    def _transact(
-        self, delivery: Delivery, wires: list[Wire], what: str, *, requeue: bool | None = None
-    ) -> list[Returned]:
-        """Publish `wires` and ack (or with `requeue`, nack) `delivery` in one transaction.
-
-        Returns what the broker gave back as unroutable. On TransportError the delivery is
-        not held any more (its channel is gone, or it was requeued); on any other error the
-        transaction is rolled back and the delivery is still held.
-        """
-        qc: QueueChannel | None = None
+    def _settle_now(self, item: Pending, what: str) -> None:
+        """Commit `item` now, with whatever its channel had staged."""
+        with self._guard(what):
+            qc = self._owning(item.delivery)
+        staged, qc.staged = qc.staged, []
+        qc.held.discard(item.delivery.tag)
         try:
-            with self._guard(what):
-                qc = self._owning(delivery)
-                qc.returned.clear()
-                channel = qc.channel
-                for w in wires:
-                    channel.basic_publish(
-                        w.exchange, w.routing_key, w.body, w.properties, mandatory=w.mandatory
-                    )
-                if requeue is None:
-                    channel.basic_ack(delivery.tag)
-                else:
-                    channel.basic_nack(delivery.tag, requeue=requeue)
-                # A lost answer to this commit is not retried: had the commit happened, the
-                # message is acked; had it not, the broker delivers it again. Either way
-                # each onward message goes out once.
-                channel.tx_commit()
+            self._commit(qc, [*staged, item], what)
         except TransportError:
-            self._release(delivery)
             raise
         except BaseException:
-            if qc is not None:
-                self._rollback(qc)
+            # Rolled back. The staged ones are not to blame: commit them on their own.
+            qc.held.add(item.delivery.tag)
+            qc.staged = staged + qc.staged
             raise
-        if not any(w.mandatory for w in wires):
+
+    def _commit_staged(self) -> None:
+        """Commit the settlements that wait for a commit (see `settle`). A failure is only
+        logged: the broker delivers those messages again, and nothing was sent for them."""
+        for qc in list(self._queues.values()):
+            if not qc.staged:
+                continue
+            staged, qc.staged = qc.staged, []
+            what = f"committing {len(staged)} settled message(s)"
+            try:
+                self._commit(qc, staged, what)
+            except TransportError as exc:
+                log.warning("%s failed; the broker will deliver them again: %s", what, exc)
+            except Exception:
+                log.exception("%s failed; requeueing them", what)
+                self._release(qc, staged)
+
+    def _commit(self, qc: QueueChannel, items: list[Pending], what: str) -> None:
+        """Publish and ack (or requeue) each of `items` in ONE transaction, then run their
+        `then`. On TransportError none of them is held any more (the channel is gone, or they
+        were requeued); on any other error the transaction is rolled back and all are held.
+        """
+        try:
+            with self._guard(what):
+                for item in items:
+                    if self._owning(item.delivery) is not qc:
+                        raise pe.ChannelWrongStateError("settled on another channel")
+                qc.returned.clear()
+                # Pika's channel under the blocking adapter: its publishes and acks are
+                # queued and go out together with the commit (the blocking wrappers would
+                # flush the socket once per frame; on a transactional channel they add
+                # nothing else).
+                frames = qc.channel._impl
+                for item in items:
+                    for w in item.wires:
+                        frames.basic_publish(
+                            w.exchange, w.routing_key, w.body, w.properties, mandatory=w.mandatory
+                        )
+                    if item.requeue:
+                        frames.basic_nack(item.delivery.tag, requeue=True)
+                    else:
+                        frames.basic_ack(item.delivery.tag)
+                # A lost answer to this commit is not retried: had the commit happened, the
+                # messages are acked; had it not, the broker delivers them again. Either way
+                # each onward message goes out once.
+                qc.channel.tx_commit()
+        except TransportError:
+            self._release(qc, items)
+            raise
+        except BaseException:
+            self._rollback(qc)
+            raise
+        returned = self._returned(qc, items, what)
+        if returned:
+            self._dead_letter_returned(qc, items, returned)
+        for item in items:
+            if item.settlement is not None:
+                after_commit(item.then, item.settlement, item.delivery)
+
+    def _returned(self, qc: QueueChannel, items: list[Pending], what: str) -> list[Returned]:
+        """What the broker returned as unroutable from the transaction just committed."""
+        if not any(w.mandatory for item in items for w in item.wires):
             return []
         try:
             # The broker sends basic.return before tx.commit-ok: pika has queued the
@@ -373,37 +440,55 @@ class PikaTransport(Transport):
         except Exception:  # any failure here ends in closing the channel
             self._close_queue_channel(qc)
 
-    def _release(self, delivery: Delivery) -> None:
-        """Never hold a delivery whose settlement failed: if its channel is still open, roll
-        back and requeue it (the broker delivers it again, counting the delivery)."""
-        qc = self._queues.get(delivery.queue)
-        held = (
-            isinstance(delivery, PikaDelivery)
-            and qc is not None
-            and qc.generation == delivery.generation
+    def _release(self, qc: QueueChannel, items: list[Pending]) -> None:
+        """Never hold deliveries whose settlement failed: if their channel is still open,
+        roll back and requeue them (the broker delivers them again, counting a delivery)."""
+        for item in items:
+            qc.held.discard(item.delivery.tag)
+        held = [
+            i.delivery
+            for i in items
+            if i.delivery.generation == qc.generation
+            and self._queues.get(i.delivery.queue) is qc
             and qc.channel.is_open
             and self.connected
-        )
-        if not held or qc is None:
-            return  # its channel is gone: the broker has requeued it already
+        ]
+        if not held:
+            return  # their channel is gone: the broker has requeued them already
         try:
             qc.channel.tx_rollback()
-            qc.channel.basic_nack(delivery.tag, requeue=True)
+            for delivery in held:
+                qc.channel.basic_nack(delivery.tag, requeue=True)
             qc.channel.tx_commit()
-        except Exception:  # closing the channel requeues it just as well
+        except Exception:  # closing the channel requeues them just as well
             log.warning(
-                "message %s from %s: closing its channel to requeue it",
-                delivery.tag,
-                delivery.queue,
+                "closing the channel of %s to requeue %d message(s)", held[0].queue, len(held)
             )
             self._close_queue_channel(qc)
 
     def _close_queue_channel(self, qc: QueueChannel) -> None:
         for queue in [q for q, known in self._queues.items() if known is qc]:
             del self._queues[queue]
+        self._forget(qc)
         with suppress(Exception):
             if qc.channel.is_open:
                 qc.channel.close()
+
+    def _forget(self, qc: QueueChannel) -> None:
+        """A channel is gone: what it had staged was never committed (the broker requeues)."""
+        if qc.staged:
+            log.warning(
+                "%d settled message(s) were not committed before their channel closed; the "
+                "broker will deliver them again",
+                len(qc.staged),
+            )
+            qc.staged = []
+
+    def _pika(self, delivery: Delivery) -> PikaDelivery:
+        if not isinstance(delivery, PikaDelivery):
+            self._owning(delivery)  # raises: not one of ours
+        assert isinstance(delivery, PikaDelivery)
+        return delivery
 
     def _unroutable(self, outgoing: Outgoing) -> str | None:
         """Why `outgoing` cannot be delivered (its queue or exchange is missing), or None.
@@ -462,29 +547,29 @@ class PikaTransport(Transport):
         )
 
     def _dead_letter_returned(
-        self, delivery: Delivery, settlement: Settlement, returned: list[Returned]
+        self, qc: QueueChannel, items: list[Pending], returned: list[Returned]
     ) -> None:
         """After a commit: dead-letter the sends the broker could not route after all."""
         copies: list[Wire] = []
+        lost: list[str] = []
         for back in returned:
-            outgoing = next(
+            found = next(
                 (
-                    o
-                    for o in settlement.sent
+                    (item, o)
+                    for item in items
+                    if item.settlement is not None
+                    for o in item.settlement.sent
                     if (wire(o).exchange, wire(o).routing_key, o.body)
                     == (back.exchange, back.routing_key, back.body)
                 ),
                 None,
             )
-            if outgoing is None:  # one of the dead-letter copies came back
-                log.error(
-                    "message %s from %s: a dead letter was lost: %s",
-                    delivery.tag,
-                    delivery.queue,
-                    back.reply_text,
-                )
+            if found is None:  # a dead-letter copy came back: its DLQ was deleted
+                log.error("a dead letter was lost (%s): %s", back.routing_key, back.reply_text)
                 continue
-            settlement.sent.remove(outgoing)
+            item, outgoing = found
+            assert item.settlement is not None
+            item.settlement.sent.remove(outgoing)
             w = wire(outgoing)
             self._known.pop(
                 ("exchange" if w.exchange else "queue", w.exchange or w.routing_key), None
@@ -493,21 +578,23 @@ class PikaTransport(Transport):
                 f"{outgoing.what} undeliverable: the broker could not route it to "
                 f"{outgoing.destination} ({back.reply_text})"
             )
-            settlement.undeliverable.append((outgoing, reason))
-            copies.append(undeliverable_copy(delivery.queue, outgoing, reason))
+            item.settlement.undeliverable.append((outgoing, reason))
+            copies.append(undeliverable_copy(item.delivery.queue, outgoing, reason))
+            lost.append(reason)
         if not copies:
             return
-        what = f"dead-lettering what message {delivery.tag} from {delivery.queue!r} could not send"
+        what = f"dead-lettering {len(copies)} message(s) the broker could not route"
         try:
             with self._guard(what):
-                qc = self._owning(delivery)
+                if self._queues.get(items[0].delivery.queue) is not qc:
+                    raise pe.ChannelWrongStateError("the channel closed")
                 for w in copies:
                     qc.channel.basic_publish(
                         w.exchange, w.routing_key, w.body, w.properties, mandatory=True
                     )
                 qc.channel.tx_commit()
         except TransportError as exc:
-            for _outgoing, reason in settlement.undeliverable[-len(copies) :]:
+            for reason in lost:
                 log.error("%s; its dead letter was lost too: %s", reason, exc)
 
     def _on_message(
@@ -597,6 +684,8 @@ class PikaTransport(Transport):
 
     def _drop(self) -> None:
         conn, self._conn, self._send = self._conn, None, None
+        for qc in self._queues.values():
+            self._forget(qc)
         self._queues.clear()  # their deliveries are now stale; the broker requeues them
         if conn is not None and conn.is_open:
             with suppress(pe.AMQPError, OSError):
@@ -606,7 +695,7 @@ class PikaTransport(Transport):
         if self._send is not None and not self._send.is_open:
             self._send = None
         for queue in [q for q, qc in self._queues.items() if not qc.channel.is_open]:
-            del self._queues[queue]
+            self._forget(self._queues.pop(queue))
 
     def _describe(self, exc: BaseException) -> str:
         return self.settings.redact(describe(exc, self.settings.password))
@@ -642,3 +731,10 @@ def undeliverable_copy(queue: str, outgoing: Outgoing, reason: str) -> Wire:
     so `zbatch dlq replay` delivers it there once that queue exists."""
     origin = outgoing.exchange if outgoing.broadcast else outgoing.queue
     return dead_copy(queue, outgoing.body, outgoing.headers, reason, origin)
+
+
+def checked(w: Wire) -> Wire:
+    """`w`, once its properties are known to encode (a bad header fails here, not halfway
+    through a transaction of several messages)."""
+    w.properties.encode()
+    return w

@@ -7,13 +7,14 @@ while this module holds how pika's frames and exceptions map onto zbatch's types
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pika
 import pika.exceptions as pe
 
-from zbatch.transport.base import Delivery
+from zbatch.transport.base import Delivery, Settlement
 from zbatch.transport.rabbit_settings import RabbitSettings
 
 DELIVERY_COUNT_HEADER = "x-delivery-count"  # set by quorum queues on redelivery
@@ -44,6 +45,19 @@ class QueueChannel:
     buffer: deque[PikaDelivery] = field(default_factory=deque)
     consumer_tag: str | None = None
     returned: list[Returned] = field(default_factory=list)
+    held: set[int] = field(default_factory=set)  # tags handed out, not settled yet
+    staged: list[Pending] = field(default_factory=list)  # settled, awaiting the commit
+
+
+@dataclass
+class Pending:
+    """One delivery's part of a transaction: what to publish, then ack (or requeue) it."""
+
+    delivery: PikaDelivery
+    wires: list[Wire] = field(default_factory=list)
+    requeue: bool = False  # nack and requeue instead of ack
+    settlement: Settlement | None = None
+    then: Callable[[Settlement], None] | None = None
 
 
 @dataclass(frozen=True)
