@@ -129,8 +129,10 @@ class Dispatcher:
             while in_flight or not stop.is_set():
                 self.metrics.last_loop = time.monotonic()
                 room = max_messages is None or handled + len(in_flight) < max_messages
-                # While the cluster is unreachable, new messages stay in the broker.
-                room = room and self.gate.accepting
+                # While the cluster is unreachable, new messages stay in the broker; but one
+                # is taken when none is in hand, so that a probe goes on and the dispatcher
+                # notices when the cluster is back.
+                room = room and (self.gate.accepting or not in_flight)
                 if room and not stop.is_set() and len(in_flight) < self.config.workers:
                     wait_s = 0.0 if in_flight else self.config.receive_timeout_s
                     delivery = self._receive(stop, wait_s)

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.faults.support import (
     JOBS_ROOT,
@@ -175,9 +176,17 @@ def test_rabbitmq_restart_mid_run(
     assert_exactly_once(expected)
 
 
-def test_unreachable_cluster_dead_letters_then_replay_succeeds(
+def test_unreachable_cluster_past_its_outage_budget_dead_letters_then_replay_succeeds(
     queues: Queues, workdir: Path, tmp_path: Path, state_dir: Path
 ) -> None:
+    """An unreachable login node is waited out (backpressure) for the profile's outage
+    budget, here 5 s; then the step in hand goes to the DLQ with the reason, while the others
+    wait in the queue; once sshd is back and the DLQ replayed, every step runs once."""
+    shipped = Path(__file__).resolve().parents[2] / "site-configs" / "slurm-over-ssh.yaml"
+    profile = yaml.safe_load(shipped.read_text())
+    profile["outage_budget_s"] = 5
+    profile_path = tmp_path / "slurm-over-ssh-short-budget.yaml"
+    profile_path.write_text(yaml.safe_dump(profile))
     messages = steps(queues, 5, workdir)
     stop = subprocess.run(
         [str(Path(__file__).resolve().parents[2] / "scripts/services/down"), "sshd"],
@@ -186,20 +195,22 @@ def test_unreachable_cluster_dead_letters_then_replay_succeeds(
     )
     assert stop.returncode == 0
     try:
-        dispatcher = Dispatcher("slurm-over-ssh", queues.work, tmp_path / "dispatcher.log")
+        dispatcher = Dispatcher(str(profile_path), queues.work, tmp_path / "dispatcher.log")
         dispatcher.start()
         for message in messages:
             queues.transport.send_step(message)
         dlq = f"dlq.{queues.work}"
-        wait_until(lambda: queues.depth(dlq) == 5, 180, "all five in the DLQ")
+        wait_until(lambda: queues.depth(dlq) >= 1, 180, "the held step in the DLQ")
         letters = []
         while (d := queues.transport.get(dlq)) is not None:
             letters.append(d)
         reasons = {str(d.headers[REASON_HEADER]) for d in letters}
         for d in letters:
             queues.transport.nack(d, requeue=True)
-        assert all("gave up after" in r and "127.0.0.1:2222" in r for r in reasons), reasons
-        assert submitted_keys(state_dir) == {}
+        assert all("outage budget" in r and "127.0.0.1:2222" in r for r in reasons), reasons
+        # Backpressure: the others were held back, one at a time in hand, none submitted.
+        assert len(letters) < 5
+        assert not any(submitted_keys(state_dir).values())
     finally:
         restart("sshd")
     replay = subprocess.run(
@@ -208,7 +219,7 @@ def test_unreachable_cluster_dead_letters_then_replay_succeeds(
         text=True,
         check=False,
     )
-    assert "replayed 5 message(s)" in replay.stdout, replay.stderr
+    assert "replayed" in replay.stdout, replay.stderr
     expected = keys(messages)
     wait_until(
         lambda: all(submitted_keys(state_dir).get(k) for k in expected), 120, "the replayed steps"
