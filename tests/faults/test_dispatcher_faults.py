@@ -153,29 +153,6 @@ def test_sigkill_during_sbatch_is_recovered_from_the_job_marker(
     assert log.count("recovered the job id") >= 1, log[-3000:]
 
 
-def test_rabbitmq_restart_mid_run(
-    queues: Queues, workdir: Path, tmp_path: Path, state_dir: Path
-) -> None:
-    messages = steps(queues, 100, workdir)
-    for message in messages[:50]:
-        queues.transport.send_step(message)
-    dispatcher = Dispatcher("slurm-local", queues.work, tmp_path / "dispatcher.log")
-    dispatcher.start()
-    wait_until(lambda: len(submitted_keys(state_dir)) >= 10, 60, "some submissions")
-    restart("rabbitmq")
-    for message in messages[50:]:
-        queues.transport.send_step(message)
-    expected = keys(messages)
-    wait_until(
-        lambda: all(submitted_keys(state_dir).get(k) for k in expected),
-        240,
-        "every step after the broker restart",
-    )
-    assert dispatcher.alive(), (tmp_path / "dispatcher.log").read_text()[-3000:]
-    dispatcher.stop()
-    assert_exactly_once(expected)
-
-
 def test_unreachable_cluster_past_its_outage_budget_dead_letters_then_replay_succeeds(
     queues: Queues, workdir: Path, tmp_path: Path, state_dir: Path
 ) -> None:
