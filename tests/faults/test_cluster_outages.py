@@ -13,13 +13,11 @@ import os
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.faults.support import (
-    JOBS_ROOT,
     SERVICES,
     Dispatcher,
     Queues,
@@ -38,20 +36,6 @@ QMASTER_PID = Path("/var/spool/gridengine/qmaster/qmaster.pid")
 SGE_ACCOUNTING = (
     Path(os.environ.get("SGE_ROOT", "/var/lib/gridengine")) / "default/common/accounting"
 )
-
-
-@pytest.fixture()
-def queues() -> Iterator[Queues]:
-    q = Queues()
-    yield q
-    q.close()
-
-
-@pytest.fixture()
-def workdir(tmp_path: Path) -> Path:
-    path = JOBS_ROOT / tmp_path.name
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def stop_daemon(pidfile: Path, name: str) -> None:

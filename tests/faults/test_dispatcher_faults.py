@@ -12,14 +12,12 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.faults.support import (
-    JOBS_ROOT,
     Dispatcher,
     Queues,
     keys,
@@ -32,20 +30,6 @@ from zbatch.ledger import Ledger
 from zbatch.transport.base import REASON_HEADER
 
 pytestmark = [pytest.mark.faults, pytest.mark.rabbitmq, pytest.mark.slurm]
-
-
-@pytest.fixture()
-def queues() -> Iterator[Queues]:
-    q = Queues()
-    yield q
-    q.close()
-
-
-@pytest.fixture()
-def workdir(tmp_path: Path) -> Path:
-    path = JOBS_ROOT / tmp_path.name
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def submitted_keys(state_dir: Path) -> dict[str, str | None]:

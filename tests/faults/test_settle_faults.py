@@ -18,7 +18,6 @@ import pytest
 import yaml
 
 from tests.faults.support import (
-    JOBS_ROOT,
     Dispatcher,
     Queues,
     keys,
@@ -34,20 +33,6 @@ from zbatch.recipe import Recipe
 from zbatch.transport.base import ORIGIN_HEADER, REASON_HEADER
 
 pytestmark = [pytest.mark.faults, pytest.mark.rabbitmq, pytest.mark.slurm]
-
-
-@pytest.fixture()
-def queues() -> Iterator[Queues]:
-    q = Queues()
-    yield q
-    q.close()
-
-
-@pytest.fixture()
-def workdir(tmp_path: Path) -> Path:
-    path = JOBS_ROOT / tmp_path.name
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 @pytest.fixture()
