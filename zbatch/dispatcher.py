@@ -154,8 +154,8 @@ class Dispatcher:
         log.info("dispatcher stopping: %s", dict(self.outcomes))
 
     def _keep_alive(self) -> None:
-        """Not receiving (an outage, or every worker busy): still answer the broker's
-        heartbeats, so the messages in hand are not taken back from a silent consumer."""
+        """Not receiving during a cluster outage: still answer the broker's heartbeats, so
+        the messages in hand are not taken back from a silent consumer."""
         try:
             self.transport.keep_alive()
         except TransportError as exc:
