@@ -12,7 +12,6 @@ import json
 import shlex
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import ZbatchRun, one_line_error, write_recipe
+from tests.integration.test_recipe_starter import starter as run_starter
 from zbatch import submission
 from zbatch.cluster import cluster_for
 from zbatch.dispatcher import Dispatcher, DispatcherConfig
@@ -339,26 +339,8 @@ def test_run_with_hostile_job_records(tmp_path: Path, make_profile: Any, zbatch:
 
 
 def starter(db: Path, recipe_dir: Path, count: int) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "zbatch",
-            "recipe-starter",
-            "--recipe-dir",
-            str(recipe_dir),
-            "--transport",
-            "embedded",
-            "--embedded-db",
-            str(db),
-            "--max-messages",
-            str(count),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    """The real recipe-starter CLI, with time for hostile requests to be refused."""
+    return run_starter(db, recipe_dir, count, timeout=120)
 
 
 STARTER_CASES: list[tuple[str, bytes, str]] = [

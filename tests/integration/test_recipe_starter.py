@@ -18,7 +18,9 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 GO_HEADERS = {"zocalo.go.user": "gda2", "zocalo.go.host": "ws001"}
 
 
-def starter(db: Path, recipe_dir: Path, count: int) -> subprocess.CompletedProcess[str]:
+def starter(
+    db: Path, recipe_dir: Path, count: int, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             sys.executable,
@@ -36,7 +38,7 @@ def starter(db: Path, recipe_dir: Path, count: int) -> subprocess.CompletedProce
         ],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
         check=False,
     )
 
