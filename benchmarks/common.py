@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zbatch.envelope import StepMessage, start_messages
-from zbatch.profiles import Profile
-from zbatch.recipe import Recipe
+from zbatch.model.message import StepMessage, start_messages
+from zbatch.model.profiles import Profile
+from zbatch.model.recipe import Recipe
 
 SGE_ENV = Path("/var/lib/zbatch-services/sge.env")
 

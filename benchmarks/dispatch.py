@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python b
 import yaml
 
 from benchmarks.common import Row, held, paired, release_all, step_messages, table, timed
-from zbatch.broker import setup_broker
-from zbatch.profiles import load_profile
+from zbatch.model.profiles import load_profile
+from zbatch.transport.admin import setup_broker
 from zbatch.transport.base import Transport
 from zbatch.transport.embedded import EmbeddedTransport
 from zbatch.transport.pika import PikaTransport

@@ -36,15 +36,15 @@ from benchmarks.common import (
     table,
     timed,
 )
-from zbatch.cluster import CommandCluster, cluster_for
+from zbatch.clusters import CommandCluster, cluster_for
 from zbatch.connections.base import CommandResult
 from zbatch.connections.local import LocalConnection
-from zbatch.envelope import StepMessage
-from zbatch.ledger import Ledger, step_key
-from zbatch.profiles import Profile, load_profile
+from zbatch.model.message import StepMessage, step_key
+from zbatch.model.profiles import Profile, load_profile
+from zbatch.prepare.job_files import JobContext, prepare_job
 from zbatch.schedulers import scheduler_for
-from zbatch.submission import JobContext, prepare_job
-from zbatch.tracker import Tracker
+from zbatch.service.ledger import Ledger
+from zbatch.service.tracker import Tracker
 
 KEY = "/var/lib/zbatch-services/ssh/id_ed25519"
 KNOWN_HOSTS = "/var/lib/zbatch-services/ssh/known_hosts"

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Protocol
 
-from zbatch.ledger import Ledger, LedgerEntry
+from zbatch.service.ledger import Ledger, LedgerEntry
 
 
 class ZbatchRun(Protocol):

@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from zbatch import safety
 from zbatch.errors import WrapperError
-from zbatch.recipe import substitute
+from zbatch.model import safety
+from zbatch.model.recipe import substitute
 from zbatch.wrapper import Outcome, ResultFile, Wrapper, check_argument
 
 
@@ -24,7 +24,7 @@ class GenericWrapper(Wrapper):
     def command(self, workdir: Path) -> list[str]:
         # This runs whatever program the message names, so it is as powerful as a recipe's
         # shell commands. The job cannot know its site profile (the message does not carry
-        # it and must not be trusted to), so the gate is at submission: zbatch.submission
+        # it and must not be trusted to), so the gate is at submission: zbatch.prepare.job_files
         # refuses `generic` on profiles without `allow_commands` (ANY_PROGRAM_WRAPPERS) or
         # whose `wrappers:` list leaves it out. A job running it has passed that gate.
         argv = self.params.get("command")

@@ -14,10 +14,10 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar
 
-from zbatch import safety
-from zbatch.envelope import StepMessage
 from zbatch.errors import WrapperError
-from zbatch.securefiles import make_dirs
+from zbatch.model import safety
+from zbatch.model.message import StepMessage
+from zbatch.paths import make_dirs
 
 MAX_ARGUMENT = 128 * 1024
 

@@ -14,10 +14,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from zbatch.broker import setup_broker
-from zbatch.envelope import StepMessage, start_messages
-from zbatch.ledger import step_key
-from zbatch.recipe import Recipe
+from zbatch.model.message import StepMessage, start_messages, step_key
+from zbatch.model.recipe import Recipe
+from zbatch.transport.admin import setup_broker
 from zbatch.transport.pika import PikaTransport
 
 SERVICES = Path(__file__).resolve().parents[2] / "scripts" / "services"

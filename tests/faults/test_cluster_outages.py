@@ -26,7 +26,7 @@ from tests.faults.support import (
     steps,
     wait_until,
 )
-from zbatch.envelope import StepMessage
+from zbatch.model.message import StepMessage
 
 pytestmark = [pytest.mark.faults, pytest.mark.rabbitmq]
 

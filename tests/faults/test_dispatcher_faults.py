@@ -26,7 +26,7 @@ from tests.faults.support import (
     steps,
     wait_until,
 )
-from zbatch.ledger import Ledger
+from zbatch.service.ledger import Ledger
 from zbatch.transport.base import REASON_HEADER
 
 pytestmark = [pytest.mark.faults, pytest.mark.rabbitmq, pytest.mark.slurm]

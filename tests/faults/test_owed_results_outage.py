@@ -38,12 +38,12 @@ from tests.faults.support import (
     slurm_jobs_by_marker,
     wait_until,
 )
-from zbatch.broker import setup_broker
-from zbatch.envelope import StepMessage, start_messages
-from zbatch.jobs import JobPaths
-from zbatch.ledger import Ledger
-from zbatch.recipe import Recipe
-from zbatch.submission import job_tag
+from zbatch.model.jobs import JobPaths
+from zbatch.model.message import StepMessage, start_messages
+from zbatch.model.recipe import Recipe
+from zbatch.prepare.job_files import job_tag
+from zbatch.service.ledger import Ledger
+from zbatch.transport.admin import setup_broker
 from zbatch.transport.pika import PikaTransport
 
 pytestmark = [pytest.mark.faults, pytest.mark.rabbitmq, pytest.mark.slurm]

@@ -26,10 +26,10 @@ from tests.faults.support import (
     steps,
     wait_until,
 )
-from zbatch.envelope import StepMessage, start_messages
-from zbatch.ledger import Ledger, LedgerEntry, step_key
-from zbatch.profiles import load_profile
-from zbatch.recipe import Recipe
+from zbatch.model.message import StepMessage, start_messages, step_key
+from zbatch.model.profiles import load_profile
+from zbatch.model.recipe import Recipe
+from zbatch.service.ledger import Ledger, LedgerEntry
 from zbatch.transport.base import ORIGIN_HEADER, REASON_HEADER
 
 pytestmark = [pytest.mark.faults, pytest.mark.rabbitmq, pytest.mark.slurm]

@@ -23,7 +23,7 @@ from workflows.transport.pika_transport import PikaTransport as WorkflowsPika
 
 from tests.faults.support import JOBS_ROOT, SERVICES, Dispatcher, Queues
 from tests.standins.make_dataset import make_dataset
-from zbatch.broker import setup_broker
+from zbatch.transport.admin import setup_broker
 from zbatch.transport.base import STATUS_EXCHANGE
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.slurm, pytest.mark.wrappers]

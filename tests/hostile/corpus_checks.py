@@ -94,7 +94,7 @@ def template_text(profile: Any) -> str:
 @cache
 def profile_shape(profile_path: str) -> ProfileShape:
     """The directive lines the profile's template can write, in order."""
-    from zbatch.profiles import load_profile_file
+    from zbatch.model.profiles import load_profile_file
 
     profile = load_profile_file(profile_path)
     stack: list[str] = []

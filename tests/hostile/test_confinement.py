@@ -19,10 +19,10 @@ import pytest
 
 from tests.helpers import ZbatchRun, one_line_error, result_records, wrapper_step, write_recipe
 from zbatch.connections.local import LocalConnection
-from zbatch.envelope import start_messages
-from zbatch.jobs import atomic_write, result_record_path
-from zbatch.ledger import Ledger
-from zbatch.recipe import Recipe
+from zbatch.model.jobs import atomic_write, result_record_path
+from zbatch.model.message import start_messages
+from zbatch.model.recipe import Recipe
+from zbatch.service.ledger import Ledger
 from zbatch.transport.embedded import EmbeddedTransport
 
 VICTIM_TEXT = "the victim's own content\n"

@@ -19,8 +19,8 @@ import yaml
 
 from tests.helpers import ZbatchRun, one_line_error, wrapper_step, write_recipe
 from tests.integration.test_ssh_connection import config
-from zbatch.connections.base import FileToPut
 from zbatch.connections.ssh import SshConnection
+from zbatch.model.jobs import FileToPut
 
 pytestmark = pytest.mark.ssh
 

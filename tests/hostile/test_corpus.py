@@ -558,9 +558,9 @@ class EmbeddedDispatcher:
     """
 
     def __init__(self, hostile: HostileWorld, base: Path) -> None:
-        from zbatch.cluster import cluster_for
-        from zbatch.ledger import Ledger
-        from zbatch.profiles import load_profile_file
+        from zbatch.clusters import cluster_for
+        from zbatch.model.profiles import load_profile_file
+        from zbatch.service.ledger import Ledger
         from zbatch.transport.embedded import EmbeddedTransport
         from zbatch.transport.factory import TransportConfig
 
@@ -581,8 +581,8 @@ class EmbeddedDispatcher:
     def rebuild(self) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
-        from zbatch.dispatcher import Dispatcher, DispatcherConfig
-        from zbatch.submission import JobContext
+        from zbatch.prepare.job_files import JobContext
+        from zbatch.service.dispatcher import Dispatcher, DispatcherConfig
         from zbatch.transport.embedded import EmbeddedTransport
 
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="hostile-dispatcher")
@@ -682,7 +682,7 @@ class RabbitDispatcher:
     """`zbatch dispatcher --transport pika` as a real process, restarted when it dies."""
 
     def __init__(self, hostile: HostileWorld, base: Path) -> None:
-        from zbatch.broker import setup_broker
+        from zbatch.transport.admin import setup_broker
         from zbatch.transport.pika import PikaTransport
 
         tag = uuid.uuid4().hex[:8]

@@ -17,14 +17,15 @@ from typing import Any
 import pytest
 
 from tests.helpers import ZbatchRun, one_line_error, wrapper_step, write_recipe
-from zbatch import localbatch, safejson
-from zbatch.envelope import StepMessage, start_messages
 from zbatch.errors import ParameterError, RecipeError, ZbatchError
-from zbatch.jobs import ExitRecord
-from zbatch.outbox import Outbox, retry_window_s
-from zbatch.recipe import MAX_FORMAT_WIDTH, Recipe
-from zbatch.units import parse_duration, parse_memory_mb
-from zbatch.wrap import allocated_cpus
+from zbatch.injob.outbox import Outbox, retry_window_s
+from zbatch.injob.runner import allocated_cpus
+from zbatch.model import safejson
+from zbatch.model.jobs import ExitRecord
+from zbatch.model.message import StepMessage, start_messages
+from zbatch.model.recipe import MAX_FORMAT_WIDTH, Recipe
+from zbatch.model.units import parse_duration, parse_memory_mb
+from zbatch.schedulers import localbatch
 
 DEEP = 10_000
 

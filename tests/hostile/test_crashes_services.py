@@ -21,17 +21,17 @@ import pytest
 
 from tests.helpers import ZbatchRun, one_line_error, write_recipe
 from tests.integration.test_recipe_starter import starter as run_starter
-from zbatch import submission
-from zbatch.cluster import cluster_for
-from zbatch.dispatcher import Dispatcher, DispatcherConfig
-from zbatch.envelope import StepMessage, start_messages
-from zbatch.jobs import JobPaths, JobState
-from zbatch.ledger import Ledger, step_key
-from zbatch.profiles import load_profile_file
-from zbatch.recipe import Recipe
-from zbatch.recipe_starter import RecipeStarter
-from zbatch.submission import JobContext, job_tag
-from zbatch.tracker import Tracker
+from zbatch.clusters import cluster_for
+from zbatch.model.jobs import JobPaths, JobState
+from zbatch.model.message import StepMessage, start_messages, step_key
+from zbatch.model.profiles import load_profile_file
+from zbatch.model.recipe import Recipe
+from zbatch.prepare import job_files as submission
+from zbatch.prepare.job_files import JobContext, job_tag
+from zbatch.service.dispatcher import Dispatcher, DispatcherConfig
+from zbatch.service.ledger import Ledger
+from zbatch.service.recipe_starter import RecipeStarter
+from zbatch.service.tracker import Tracker
 from zbatch.transport.base import REASON_HEADER, Delivery
 from zbatch.transport.embedded import EmbeddedTransport
 from zbatch.transport.factory import TransportConfig
@@ -175,7 +175,7 @@ def test_a_message_that_raises_is_dead_lettered_and_the_service_goes_on(
             raise RuntimeError("boom\nsecond line")
         return original(message, *args)
 
-    monkeypatch.setattr("zbatch.submitter.prepare_job", flaky)
+    monkeypatch.setattr("zbatch.service.submitter.prepare_job", flaky)
     transport.send_step(message_for(generic_step(work_root / "bad", ["true"]), {"boom": True}))
     good = message_for(generic_step(work_root / "good", ["echo", "after the defect"]))
     transport.send_step(good)

@@ -25,11 +25,11 @@ import pytest
 
 from tests.faults.support import JOBS_ROOT, Dispatcher, wait_until
 from tests.helpers import ZbatchRun, one_line_error, write_recipe
-from zbatch.broker import setup_broker
-from zbatch.envelope import start_messages
-from zbatch.jobenv import scrubbed_environment
-from zbatch.recipe import Recipe
+from zbatch.model.jobenv import scrubbed_environment
+from zbatch.model.message import start_messages
+from zbatch.model.recipe import Recipe
 from zbatch.transport import factory
+from zbatch.transport.admin import setup_broker
 from zbatch.transport.factory import TransportConfig, job_transport_args
 from zbatch.transport.pika import PikaTransport
 from zbatch.transport.rabbit_settings import RabbitSettings

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from tests.helpers import ZbatchRun, one_line_error, write_recipe
-from zbatch.envelope import start_messages
-from zbatch.recipe import Recipe
+from zbatch.model.message import start_messages
+from zbatch.model.recipe import Recipe
 from zbatch.transport.base import REASON_HEADER
 from zbatch.transport.embedded import EmbeddedTransport
 

@@ -18,7 +18,7 @@ import yaml
 
 from tests.helpers import ZbatchRun, one_line_error, write_recipe
 from zbatch.errors import ProfileError, TransportError
-from zbatch.profiles import load_profile_file
+from zbatch.model.profiles import load_profile_file
 from zbatch.transport.pika import PikaTransport
 from zbatch.transport.rabbit_settings import RabbitSettings
 

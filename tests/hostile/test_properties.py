@@ -89,7 +89,7 @@ STRING_FIELDS: list[tuple[str, ...]] = [
 
 @cache
 def loaded_profile(path: str) -> Any:
-    from zbatch.profiles import load_profile_file
+    from zbatch.model.profiles import load_profile_file
 
     return load_profile_file(path)
 
@@ -136,9 +136,9 @@ def render_problems(
     hostile: HostileWorld, target: Target, base: str, node: dict[str, Any], drawn: Any
 ) -> list[str]:
     """[] when the step is refused with a ZbatchError or renders to a safe script."""
-    from zbatch.envelope import StepMessage
     from zbatch.errors import ZbatchError
-    from zbatch.submission import JobContext, prepare_job
+    from zbatch.model.message import StepMessage
+    from zbatch.prepare.job_files import JobContext, prepare_job
 
     info = bases()
     node = {**node, "output": copy.deepcopy(info["output"])}
@@ -293,7 +293,7 @@ def is_control(char: str) -> bool:
 
 
 def patterns() -> list[tuple[str, re.Pattern[str]]]:
-    from zbatch import safety
+    from zbatch.model import safety
 
     return sorted(
         (name, value)
@@ -307,8 +307,8 @@ def patterns() -> list[tuple[str, re.Pattern[str]]]:
 def test_check_raises_only_parameter_errors_and_accepts_whole_matches(
     data: st.DataObject, value: Any
 ) -> None:
-    from zbatch import safety
     from zbatch.errors import ParameterError
+    from zbatch.model import safety
 
     name, pattern = data.draw(st.sampled_from(patterns()), label="pattern")
     try:
@@ -325,8 +325,8 @@ def test_check_raises_only_parameter_errors_and_accepts_whole_matches(
 def test_check_text_accepts_no_control_characters(value: Any, multiline: bool) -> None:
     """Single-line text keeps no control character (a tab is whitespace, inside its line);
     multi-line text (a profile's own commands) keeps line breaks and tabs only."""
-    from zbatch import safety
     from zbatch.errors import ParameterError
+    from zbatch.model import safety
 
     try:
         accepted = safety.check_text(value, "value", multiline=multiline)
@@ -354,8 +354,8 @@ INT_TEXT = st.one_of(
     span=st.integers(min_value=0, max_value=10**7),
 )
 def test_parse_int_accepts_only_ascii_digits_within_bounds(value: Any, low: int, span: int) -> None:
-    from zbatch import safety
     from zbatch.errors import ParameterError
+    from zbatch.model import safety
 
     high = low + span
     try:
@@ -374,8 +374,8 @@ def test_parse_int_accepts_only_ascii_digits_within_bounds(value: Any, low: int,
 @EXAMPLES
 @given(value=st.one_of(TEXT, JSONISH, st.sampled_from(["PATH", "LD_PRELOAD", "PYTHONPATH", "IFS"])))
 def test_env_names_are_identifiers_and_not_denied(value: Any) -> None:
-    from zbatch import safety
     from zbatch.errors import ParameterError
+    from zbatch.model import safety
 
     try:
         name = safety.check_env_name(value, "name")
@@ -400,8 +400,8 @@ def test_env_names_are_identifiers_and_not_denied(value: Any) -> None:
 def test_paths_are_absolute_normalised_and_plain(value: Any) -> None:
     import posixpath
 
-    from zbatch import safety
     from zbatch.errors import ParameterError
+    from zbatch.model import safety
 
     try:
         path = safety.check_path(value, "path")

@@ -13,8 +13,8 @@ import yaml
 
 from tests.helpers import ZbatchRun, one_line_error, wrapper_step, write_recipe
 from tests.integration.test_clusters import FINAL, Backend
-from zbatch.ledger import Ledger
-from zbatch.profiles import load_profile
+from zbatch.model.profiles import load_profile
+from zbatch.service.ledger import Ledger
 
 SERVICES = Path(__file__).resolve().parents[2] / "scripts" / "services"
 

@@ -15,14 +15,14 @@ from typing import Any
 import pytest
 
 from tests.integration.test_dispatcher_embedded import drain, recipe_message
-from zbatch.cluster import Cluster, cluster_for
-from zbatch.dispatcher import Dispatcher, DispatcherConfig
+from zbatch.clusters import Cluster, cluster_for
 from zbatch.errors import ClusterUnavailable
-from zbatch.ledger import Ledger
-from zbatch.profiles import load_profile_file
+from zbatch.model.jobs import PreparedJob
+from zbatch.model.profiles import load_profile_file
+from zbatch.prepare.job_files import JobContext
 from zbatch.schedulers.base import SchedulerStatus
-from zbatch.steps import PreparedJob
-from zbatch.submission import JobContext
+from zbatch.service.dispatcher import Dispatcher, DispatcherConfig
+from zbatch.service.ledger import Ledger
 from zbatch.transport.base import REASON_HEADER
 from zbatch.transport.embedded import EmbeddedTransport
 from zbatch.transport.factory import TransportConfig
@@ -148,9 +148,7 @@ def test_outage_longer_than_the_budget_dead_letters_the_held_steps(
     for index in range(5):
         transport.send_step(recipe_message(["true"], work_root / f"s{index}"))
     thread, stop = serve(dispatcher)
-    wait_for(
-        lambda: transport.depth("dlq.cluster.submission") >= 2, 60, "held steps dead-lettered"
-    )
+    wait_for(lambda: transport.depth("dlq.cluster.submission") >= 2, 60, "held steps dead-lettered")
     cluster.down.clear()  # back: the steps still queued are submitted, none is lost
     wait_for(
         lambda: transport.depth("dlq.cluster.submission") + dispatcher.outcomes["submitted"] == 5,

@@ -14,15 +14,15 @@ from typing import Any
 import pytest
 
 from tests.helpers import wrapper_step
-from zbatch.cluster import Cluster, cluster_for
-from zbatch.envelope import start_messages
-from zbatch.jobs import JobState
-from zbatch.ledger import Ledger, LedgerEntry
-from zbatch.profiles import Profile, load_profile
-from zbatch.recipe import Recipe
-from zbatch.submission import JobContext
-from zbatch.submitter import Submitter
-from zbatch.tracker import Tracker, cancel_jobs
+from zbatch.clusters import Cluster, cluster_for
+from zbatch.model.jobs import JobState
+from zbatch.model.message import start_messages
+from zbatch.model.profiles import Profile, load_profile
+from zbatch.model.recipe import Recipe
+from zbatch.prepare.job_files import JobContext
+from zbatch.service.ledger import Ledger, LedgerEntry
+from zbatch.service.submitter import Submitter
+from zbatch.service.tracker import Tracker, cancel_jobs
 
 BACKENDS = [
     pytest.param("slurm-local", marks=[pytest.mark.slurm], id="slurm-local"),

@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 
 from tests.helpers import claim, wrapper_step
-from zbatch import submitter as submitter_module
-from zbatch.cluster import cluster_for
-from zbatch.dispatcher import Dispatcher, DispatcherConfig
-from zbatch.envelope import StepMessage, start_messages
-from zbatch.ledger import Ledger, step_key
-from zbatch.profiles import load_profile_file
-from zbatch.recipe import Recipe
-from zbatch.submission import JobContext
+from zbatch.clusters import cluster_for
+from zbatch.model.message import StepMessage, start_messages, step_key
+from zbatch.model.profiles import load_profile_file
+from zbatch.model.recipe import Recipe
+from zbatch.prepare.job_files import JobContext
+from zbatch.service import submitter as submitter_module
+from zbatch.service.dispatcher import Dispatcher, DispatcherConfig
+from zbatch.service.ledger import Ledger
 from zbatch.transport.base import REASON_HEADER
 from zbatch.transport.embedded import EmbeddedTransport
 from zbatch.transport.factory import TransportConfig

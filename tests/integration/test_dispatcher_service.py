@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.helpers import wrapper_step
-from zbatch.envelope import start_messages
-from zbatch.recipe import Recipe
+from zbatch.model.message import start_messages
+from zbatch.model.recipe import Recipe
 from zbatch.transport.embedded import EmbeddedTransport
 
 

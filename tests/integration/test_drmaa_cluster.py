@@ -22,14 +22,13 @@ from typing import Any
 
 import pytest
 
-from zbatch.connections.drmaa_cluster import DrmaaCluster
-from zbatch.envelope import StepMessage
-from zbatch.jobs import ExitRecord, JobState
-from zbatch.profiles import Profile, parse_profile
+from zbatch.clusters.drmaa import DrmaaCluster
+from zbatch.model.jobs import ExitRecord, JobState, PreparedJob
+from zbatch.model.message import StepMessage
+from zbatch.model.profiles import Profile, parse_profile
+from zbatch.prepare.job_files import JobContext, prepare_job
 from zbatch.schedulers.base import SchedulerStatus
-from zbatch.steps import PreparedJob
-from zbatch.submission import JobContext, prepare_job
-from zbatch.tracker import Settled, settle
+from zbatch.service.tracker import Settled, settle
 
 pytestmark = [pytest.mark.drmaa, pytest.mark.sge]
 
@@ -321,9 +320,9 @@ def test_session_is_shared_and_reopened(make_job: MakeJob, submitted: list[str])
 def test_missing_tunable_fails_with_the_variables_to_set(tmp_path: Path) -> None:
     """Without GLIBC_TUNABLES libdrmaa cannot load; the error says what to set."""
     code = (
-        "from zbatch.connections.drmaa_cluster import DrmaaCluster\n"
+        "from zbatch.clusters.drmaa import DrmaaCluster\n"
         "from zbatch.errors import ConnectionFailure\n"
-        "from zbatch.profiles import parse_profile\n"
+        "from zbatch.model.profiles import parse_profile\n"
         "try:\n"
         "    DrmaaCluster(parse_profile({'name': 'p', 'scheduler': 'sge'}, 'test'))\n"
         "except ConnectionFailure as exc:\n"

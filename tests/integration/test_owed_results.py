@@ -24,17 +24,17 @@ from typing import Any
 import pytest
 
 from tests.helpers import ZbatchRun, claim, wrapper_step
-from zbatch.cluster import cluster_for
-from zbatch.dispatcher import Dispatcher, DispatcherConfig
-from zbatch.envelope import StepMessage, start_messages
+from zbatch.clusters import cluster_for
 from zbatch.errors import TransportError
-from zbatch.jobs import JobState, outbox_path
-from zbatch.ledger import ADDED_COLUMNS, Ledger, LedgerEntry, Owed, step_key
-from zbatch.outbox import Outbox
-from zbatch.owed import Deliverer, owed_at_end
-from zbatch.profiles import Profile, load_profile_file
-from zbatch.recipe import Recipe
-from zbatch.submission import JobContext
+from zbatch.injob.outbox import Outbox
+from zbatch.model.jobs import JobState, outbox_path
+from zbatch.model.message import StepMessage, start_messages, step_key
+from zbatch.model.profiles import Profile, load_profile_file
+from zbatch.model.recipe import Recipe
+from zbatch.prepare.job_files import JobContext
+from zbatch.service.dispatcher import Dispatcher, DispatcherConfig
+from zbatch.service.ledger import ADDED_COLUMNS, Ledger, LedgerEntry, Owed
+from zbatch.service.owed import Deliverer, owed_at_end
 from zbatch.transport.embedded import EmbeddedTransport
 
 QUEUES = {3: "failed", 4: "done", 5: "started", 6: "done-too", 7: "completed"}

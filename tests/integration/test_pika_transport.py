@@ -20,10 +20,10 @@ from workflows.recipe import Recipe as WorkflowsRecipe
 from workflows.recipe.wrapper import RecipeWrapper
 from workflows.transport.pika_transport import PikaTransport as WorkflowsPika
 
-from zbatch.broker import dlq_list, dlq_replay, dlq_show, setup_broker
-from zbatch.envelope import RECIPE_HEADER, StepMessage
 from zbatch.errors import TransportError
-from zbatch.recipe import Recipe
+from zbatch.model.message import RECIPE_HEADER, StepMessage
+from zbatch.model.recipe import Recipe
+from zbatch.transport.admin import dlq_list, dlq_replay, dlq_show, setup_broker
 from zbatch.transport.base import ORIGIN_HEADER, REASON_HEADER, STATUS_EXCHANGE
 from zbatch.transport.pika import DEAD_LETTERED_AT_HEADER, PikaDelivery, PikaTransport
 from zbatch.transport.rabbit_settings import RabbitSettings

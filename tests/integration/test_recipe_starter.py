@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from zbatch.envelope import StepMessage
+from zbatch.model.message import StepMessage
 from zbatch.transport.base import REASON_HEADER
 from zbatch.transport.embedded import EmbeddedTransport
 

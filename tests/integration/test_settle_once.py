@@ -22,15 +22,15 @@ import pika.exceptions as pe
 import pytest
 
 from tests.helpers import wrapper_step
-from zbatch.broker import setup_broker
-from zbatch.cluster import cluster_for
-from zbatch.dispatcher import Dispatcher, DispatcherConfig
-from zbatch.envelope import RECIPE_HEADER, StepMessage, start_messages
+from zbatch.clusters import cluster_for
 from zbatch.errors import TransportError
-from zbatch.ledger import Ledger, step_key
-from zbatch.profiles import load_profile_file
-from zbatch.recipe import Recipe
-from zbatch.submission import JobContext
+from zbatch.model.message import RECIPE_HEADER, StepMessage, start_messages, step_key
+from zbatch.model.profiles import load_profile_file
+from zbatch.model.recipe import Recipe
+from zbatch.prepare.job_files import JobContext
+from zbatch.service.dispatcher import Dispatcher, DispatcherConfig
+from zbatch.service.ledger import Ledger
+from zbatch.transport.admin import setup_broker
 from zbatch.transport.base import ORIGIN_HEADER, REASON_HEADER, Delivery, Outgoing, Settlement
 from zbatch.transport.embedded import EmbeddedTransport
 from zbatch.transport.factory import TransportConfig

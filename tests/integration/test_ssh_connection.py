@@ -17,11 +17,11 @@ from typing import Any
 import paramiko
 import pytest
 
-from zbatch.connections.base import FileToPut
 from zbatch.connections.pool import ConnectionPool
 from zbatch.connections.ssh import SshConnection
 from zbatch.errors import ConnectionFailure
-from zbatch.profiles import ConnectionConfig
+from zbatch.model.jobs import FileToPut
+from zbatch.model.profiles import ConnectionConfig
 
 pytestmark = pytest.mark.ssh
 

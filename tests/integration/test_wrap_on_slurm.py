@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import wrapper_step
-from zbatch.cluster import cluster_for
-from zbatch.envelope import start_messages
-from zbatch.jobs import JobState, result_record_path
-from zbatch.ledger import Ledger
-from zbatch.profiles import load_profile
-from zbatch.recipe import Recipe
-from zbatch.submission import JobContext
-from zbatch.submitter import Submitter
-from zbatch.tracker import Tracker, cancel_jobs
+from zbatch.clusters import cluster_for
+from zbatch.model.jobs import JobState, result_record_path
+from zbatch.model.message import start_messages
+from zbatch.model.profiles import load_profile
+from zbatch.model.recipe import Recipe
+from zbatch.prepare.job_files import JobContext
+from zbatch.service.ledger import Ledger
+from zbatch.service.submitter import Submitter
+from zbatch.service.tracker import Tracker, cancel_jobs
 from zbatch.transport.embedded import EmbeddedTransport
 from zbatch.transport.factory import TransportConfig
 

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 from tests.helpers import wrapper_step
-from zbatch.envelope import start_messages
-from zbatch.jobs import outbox_path, result_record_path
-from zbatch.outbox import Outbox
-from zbatch.recipe import Recipe
+from zbatch.injob.outbox import Outbox
+from zbatch.model.jobs import outbox_path, result_record_path
+from zbatch.model.message import start_messages
+from zbatch.model.recipe import Recipe
 from zbatch.transport.embedded import EmbeddedTransport
 
 CHANNELS = {

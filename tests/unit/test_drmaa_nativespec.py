@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from zbatch.connections import drmaa_cluster
-from zbatch.connections.drmaa_cluster import BINARY, STATES, ended_status, split_directives
+from zbatch.clusters import drmaa as drmaa_cluster
+from zbatch.clusters.drmaa import BINARY, STATES, ended_status, split_directives
 from zbatch.errors import ConnectionFailure, SchedulerError
-from zbatch.jobs import JobPaths, JobSpec, JobState
-from zbatch.profiles import parse_profile
-from zbatch.render import render_script
+from zbatch.model.jobs import JobPaths, JobSpec, JobState
+from zbatch.model.profiles import parse_profile
+from zbatch.prepare.render import render_script
 from zbatch.schedulers.base import SchedulerStatus
 
 PROFILE = parse_profile(

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from workflows.recipe.wrapper import RecipeWrapper
 
-from zbatch.envelope import StepMessage, is_recipe_message, start_messages
 from zbatch.errors import RecipeError
-from zbatch.recipe import Recipe
+from zbatch.model.message import StepMessage, is_recipe_message, start_messages
+from zbatch.model.recipe import Recipe
 from zbatch.transport.base import Delivery, Transport
 
 RECIPE: dict[str, Any] = {

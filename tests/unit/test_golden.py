@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from zbatch.envelope import start_messages
-from zbatch.profiles import Profile, load_profile
-from zbatch.recipe import Recipe
-from zbatch.submission import JobContext, prepare_job
+from zbatch.model.message import start_messages
+from zbatch.model.profiles import Profile, load_profile
+from zbatch.model.recipe import Recipe
+from zbatch.prepare.job_files import JobContext, prepare_job
 
 HERE = Path(__file__).resolve().parents[1]
 GOLDEN = HERE / "golden"

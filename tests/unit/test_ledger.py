@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.helpers import claim
-from zbatch.ledger import Ledger
+from zbatch.service.ledger import Ledger
 
 
 def test_only_claims_are_written_with_fsync(tmp_path: Path) -> None:

@@ -7,7 +7,13 @@ import threading
 import pytest
 
 from zbatch.errors import ClusterUnavailable, ConnectionFailure, SchedulerError
-from zbatch.outage import FIRST_PROBE_S, MAX_PROBE_S, HandedBack, OutageGate, is_unavailability
+from zbatch.service.outage import (
+    FIRST_PROBE_S,
+    MAX_PROBE_S,
+    HandedBack,
+    OutageGate,
+    is_unavailability,
+)
 
 
 class Clock:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from zbatch.errors import ProfileError
-from zbatch.profiles import find_profiles, load_profile, load_profile_file
+from zbatch.model.profiles import find_profiles, load_profile, load_profile_file
 
 SHIPPED = Path(__file__).resolve().parents[2] / "site-configs"
 

@@ -9,7 +9,7 @@ import pytest
 from workflows.recipe import Recipe as WorkflowsRecipe
 
 from zbatch.errors import RecipeError
-from zbatch.recipe import Recipe
+from zbatch.model.recipe import Recipe
 
 GOOD: dict[str, Any] = {
     "1": {

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from zbatch.errors import SchedulerError
-from zbatch.jobs import JobState
-from zbatch.profiles import Profile
+from zbatch.model.jobs import JobState
+from zbatch.model.profiles import Profile
 from zbatch.schedulers import sge
 from zbatch.schedulers.sge import SgeScheduler
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from zbatch.errors import SchedulerError
-from zbatch.jobs import JobState
-from zbatch.profiles import Profile
+from zbatch.model.jobs import JobState
+from zbatch.model.profiles import Profile
 from zbatch.schedulers.slurm import SlurmScheduler
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "scheduler-output" / "slurm"

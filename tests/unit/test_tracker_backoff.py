@@ -7,13 +7,12 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 from tests.helpers import claim
-from zbatch.cluster import Cluster
+from zbatch.clusters import Cluster
 from zbatch.errors import SchedulerError
-from zbatch.jobs import JobState
-from zbatch.ledger import Ledger
+from zbatch.model.jobs import JobState, PreparedJob
 from zbatch.schedulers.base import SchedulerStatus
-from zbatch.steps import PreparedJob
-from zbatch.tracker import SLOW_FACTOR, Tracker
+from zbatch.service.ledger import Ledger
+from zbatch.service.tracker import SLOW_FACTOR, Tracker
 
 
 class SlowCluster(Cluster):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from zbatch.profiles import Profile
+from zbatch.model.profiles import Profile
 from zbatch.schedulers.base import Scheduler
 from zbatch.schedulers.sge import SgeScheduler
 from zbatch.schedulers.slurm import SlurmScheduler

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from zbatch.envelope import StepMessage
-from zbatch.toolrun import run_tool
+from zbatch.injob.tool_process import run_tool
+from zbatch.model.message import StepMessage
 from zbatch.wrapper import Outcome, RunContext, Wrapper
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+from zbatch.model.jobs import FileToPut
+
 
 @dataclass(frozen=True)
 class CommandResult:
@@ -20,15 +22,6 @@ class CommandResult:
         detail = (self.stderr.strip() or self.stdout.strip()).splitlines()
         tail = detail[-1][:300] if detail else "no output"
         return f"{self.argv[0]} exited {self.returncode}: {tail}"
-
-
-@dataclass(frozen=True)
-class FileToPut:
-    """A file to stage; readable by its owner only unless a mode says otherwise."""
-
-    path: PurePosixPath
-    data: str
-    mode: int = 0o600
 
 
 class Connection(ABC):

@@ -9,8 +9,8 @@ from pathlib import Path, PurePosixPath
 
 from zbatch.connections.base import CommandResult, Connection
 from zbatch.errors import ConnectionFailure
-from zbatch.jobenv import scrubbed_environment
-from zbatch.securefiles import atomic_write, make_dirs
+from zbatch.model.jobenv import scrubbed_environment
+from zbatch.paths import atomic_write, make_dirs
 
 
 class LocalConnection(Connection):

@@ -14,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import PurePosixPath
 
-from zbatch.connections.base import CommandResult, Connection, FileToPut
+from zbatch.connections.base import CommandResult, Connection
+from zbatch.model.jobs import FileToPut
 
 
 class ConnectionPool(Connection):

@@ -29,7 +29,7 @@ from pathlib import PurePosixPath
 
 import paramiko
 
-from zbatch.connections.base import FileToPut
+from zbatch.model.jobs import FileToPut
 
 # Packet types (draft-ietf-secsh-filexfer-02).
 INIT, VERSION, OPEN, CLOSE, READ, WRITE, FSETSTAT, REMOVE, MKDIR = 1, 2, 3, 4, 5, 6, 10, 13, 14

@@ -31,10 +31,11 @@ from typing import Any, TypeVar
 import paramiko
 import tenacity
 
-from zbatch.connections.base import CommandResult, Connection, FileToPut
+from zbatch.connections.base import CommandResult, Connection
 from zbatch.connections.sftp_wire import SftpSession
 from zbatch.errors import ConnectionFailure
-from zbatch.profiles import ConnectionConfig
+from zbatch.model.jobs import FileToPut
+from zbatch.model.profiles import ConnectionConfig
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

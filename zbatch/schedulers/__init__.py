@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 
 from zbatch.errors import ProfileError
-from zbatch.profiles import Profile
+from zbatch.model.profiles import Profile
 from zbatch.schedulers.base import Scheduler
 
 

@@ -9,8 +9,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from zbatch.jobs import JobState
-from zbatch.profiles import Profile
+from zbatch.model.jobs import JobState
+from zbatch.model.profiles import Profile
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The `local` scheduler: drives zbatch.localbatch as if it were sbatch/squeue/scancel."""
+"""The `local` scheduler: drives `localbatch` (this folder) as if it were sbatch/squeue/scancel."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import ClassVar
 
 from zbatch.errors import SchedulerError
-from zbatch.jobs import JobState
-from zbatch.ledger import default_state_dir
+from zbatch.model.jobs import JobState
+from zbatch.paths import default_state_dir
 from zbatch.schedulers.base import Scheduler, SchedulerStatus
 
 _ID = re.compile(r"[0-9]{1,12}")
@@ -37,7 +37,7 @@ class LocalScheduler(Scheduler):
         return [
             sys.executable,
             "-m",
-            "zbatch.localbatch",
+            "zbatch.schedulers.localbatch",
             action,
             "--state-dir",
             state_dir,

@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping, Sequence
 
 from zbatch.errors import SchedulerError
-from zbatch.jobs import JobState
+from zbatch.model.jobs import JobState
 from zbatch.schedulers.base import SchedulerStatus
 
 _SHOWN = 200

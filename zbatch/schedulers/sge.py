@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 from zbatch.errors import SchedulerError
-from zbatch.jobs import JobState
+from zbatch.model.jobs import JobState
 from zbatch.schedulers.base import Scheduler, SchedulerStatus
 from zbatch.schedulers.parsing import (
     base_id,

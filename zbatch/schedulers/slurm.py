@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
-from zbatch.jobs import JobState
+from zbatch.model.jobs import JobState
 from zbatch.schedulers.base import Scheduler, SchedulerStatus
 from zbatch.schedulers.parsing import (
     base_id,

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from zbatch.envelope import RECIPE_HEADER, StepMessage
+from zbatch.model.message import RECIPE_HEADER, StepMessage
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from zbatch.errors import TransportError
-from zbatch.securefiles import create_private, make_dirs
+from zbatch.paths import create_private, make_dirs
 from zbatch.transport.base import (
     ORIGIN_HEADER,
     REASON_HEADER,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zbatch.errors import TransportError
-from zbatch.ledger import default_state_dir
+from zbatch.paths import default_state_dir
 from zbatch.transport.base import Transport
 from zbatch.transport.embedded import EmbeddedTransport
 from zbatch.transport.rabbit_settings import CONF_ENV, PASSWORD_FILE_ENV, URL_ENV

@@ -1,0 +1,415 @@
+"""Site profiles: which cluster a step goes to, how to reach it, and what it may ask for.
+
+A profile is a YAML file validated by pydantic with unknown keys forbidden, so a typo is an
+error that names the file, the key and what would be valid, never a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import stat
+from collections.abc import Callable, Hashable
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from zbatch.errors import ParameterError, ProfileError
+from zbatch.model import safety
+from zbatch.model.units import parse_duration, parse_memory_mb
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=128)]
+
+
+def _checked(parse: Callable[[object], int], value: object) -> int:
+    """Run a unit parser inside a validator: pydantic reports ValueErrors with the key."""
+    try:
+        return parse(value)
+    except ParameterError as exc:
+        raise ValueError(str(exc)) from None
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ConnectionConfig(_Strict):
+    type: Literal["local", "ssh", "drmaa"] = "local"
+    host: str | None = None
+    port: int = Field(default=22, ge=1, le=65535)
+    user: str | None = None
+    key_file: str | None = None
+    known_hosts: str | None = None
+    accept_unknown_hosts: bool = False
+    keepalive_s: int = Field(default=30, ge=0)
+    connect_timeout_s: float = Field(default=10, gt=0)
+    command_timeout_s: float = Field(default=60, gt=0)
+    remote_shell: str = "bash"
+    # SSH connections opened at most, each with its own remote shell, for concurrent commands:
+    # as many as the dispatcher's default --workers, so no submission waits for a shell.
+    pool_size: int = Field(default=8, ge=1, le=64)
+
+
+class Defaults(_Strict):
+    partition: Name | None = None
+    account: Name | None = None
+    qos: Name | None = None
+    cpus: int = Field(default=1, ge=1)
+    memory_mb: int | None = Field(default=None, ge=1)
+    time_limit_s: int | None = Field(default=None, ge=1)
+    gpus: int | None = Field(default=None, ge=0)
+
+    @field_validator("time_limit_s", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        return None if value is None else _checked(parse_duration, value)
+
+    @field_validator("memory_mb", mode="before")
+    @classmethod
+    def _memory(cls, value: object) -> object:
+        return None if value is None else _checked(parse_memory_mb, value)
+
+
+class Limits(_Strict):
+    max_cpus: int | None = Field(default=None, ge=1)
+    max_memory_mb: int | None = Field(default=None, ge=1)
+    max_time_limit_s: int | None = Field(default=None, ge=1)
+    max_gpus: int | None = Field(default=None, ge=0)
+    # Step messages the dispatcher accepts (zbatch.model.safejson's defaults: 8 MiB, 64 levels).
+    max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    max_json_depth: int = Field(default=64, ge=8, le=128)
+
+    @field_validator("max_time_limit_s", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        return None if value is None else _checked(parse_duration, value)
+
+    @field_validator("max_memory_mb", mode="before")
+    @classmethod
+    def _memory(cls, value: object) -> object:
+        return None if value is None else _checked(parse_memory_mb, value)
+
+
+class Resources(_Strict):
+    """The site's own names for resources, so no site needs a code fork."""
+
+    slurm_memory: Literal["mem", "mem-per-cpu"] = "mem"
+    sge_memory: Literal["h_vmem", "m_mem_free", "mem_free"] | None = "h_vmem"
+    sge_parallel_environment: Name = "smp"
+    sge_gpu_resource: Name = "gpu"
+
+
+class LocalConfig(_Strict):
+    slots: int = Field(default=2, ge=1, le=1024)
+    state_dir: str | None = None
+
+
+class Profile(_Strict):
+    name: Name
+    description: str = ""
+    scheduler: Literal["local", "slurm", "sge"]
+    connection: ConnectionConfig = ConnectionConfig()
+    defaults: Defaults = Defaults()
+    limits: Limits = Limits()
+    resources: Resources = Resources()
+    local: LocalConfig = LocalConfig()
+    extra_directives: list[str] = []
+    setup: list[str] = []
+    # Variables a message may set although they steer programs (safety.DENIED_ENV); declared
+    # before `environment`, whose own names are checked against it.
+    allowed_environment: list[str] = []
+    environment: dict[str, str] = {}
+    workdir_root: str | None = None
+    template_dir: str | None = None
+    allow_commands: bool = False
+    allow_raw_scheduler_args: bool = False
+    # The wrappers a step may name; None: every installed one.
+    wrappers: list[Name] | None = None
+    # A `[rabbit]` INI on the host where jobs run, given to `zbatch wrap --rabbit-conf`: jobs
+    # reach the broker through this reference, never through the dispatcher's credentials.
+    job_broker_config: str | None = None
+    queue_mapping: dict[str, Name] = {}
+    zbatch_command: list[str] | None = None
+    poll_interval_s: float = Field(default=2.0, gt=0)
+    # How long a step may wait for an unreachable cluster (controller restart, SSH refused)
+    # before it is dead-lettered. Below RabbitMQ's default consumer_timeout (30 min), which
+    # would otherwise take the held message back first.
+    outage_budget_s: int = Field(default=1500, ge=0)
+    source: str = Field(default="", exclude=True)
+
+    @field_validator("outage_budget_s", mode="before")
+    @classmethod
+    def _budget(cls, value: object) -> object:
+        return _checked(lambda v: parse_duration(v, "an outage budget"), value)
+
+    @field_validator("extra_directives", "setup")
+    @classmethod
+    def _single_lines(cls, value: list[str]) -> list[str]:
+        for line in value:
+            if "\n" in line or "\r" in line or "\0" in line:
+                raise ValueError(f"{line!r} spans several lines; give one line per entry")
+        return value
+
+    @field_validator("allowed_environment")
+    @classmethod
+    def _identifiers(cls, value: list[str]) -> list[str]:
+        for name in value:
+            _valid(safety.check, safety.ENV_KEY, name, "variable name")
+        return value
+
+    @field_validator("environment")
+    @classmethod
+    def _environment(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        allowed = info.data.get("allowed_environment", [])
+        for name, text in value.items():
+            _valid(safety.check_env_name, name, "variable name", allowed)
+            _valid(safety.check_text, text, f"the value of {name}")
+        return value
+
+    @field_validator("workdir_root", "template_dir", "job_broker_config")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        _valid(safety.check_text, value, "the path", limit=4096)
+        if not os.path.isabs(os.path.expanduser(value)):
+            raise ValueError(f"{value!r} must be an absolute path")
+        if value.startswith("//") or posixpath.normpath(value) != value:
+            raise ValueError(
+                f"{value!r} is not a normalised path (no '..', '.', '//' or trailing '/'); "
+                f"write {posixpath.normpath(value).replace('//', '/')!r}"
+            )
+        return value
+
+    @field_validator("template_dir")
+    @classmethod
+    def _private_templates(cls, value: str | None) -> str | None:
+        problem = None if value is None else _writable_by_others(Path(value).expanduser())
+        if problem:
+            raise ValueError(f"{problem}, so any user could change the job scripts: fix its mode")
+        return value
+
+
+def _valid(check: Callable[..., str], *args: Any, **kwargs: Any) -> None:
+    """Run a safety check inside a validator: pydantic reports ValueErrors with the key."""
+    try:
+        check(*args, **kwargs)
+    except ParameterError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _writable_by_others(folder: Path) -> str | None:
+    """Why users other than the owner could change the templates in `folder`, or None.
+
+    The folder and its templates must not be world-writable; a folder above it must not be
+    either, unless it has the sticky bit (as /tmp does), which stops others renaming it. The
+    chain is followed as written and once symbolic links are resolved. A folder that does not
+    exist is reported when a template is rendered.
+    """
+    real = Path(os.path.realpath(folder))
+    try:
+        if not folder.is_dir():
+            return None
+        inside = [folder, *sorted(folder.glob("*.j2"))]
+        above = [*folder.parents, *(real.parents if real != folder else [])]
+        for path in inside:
+            if path.stat().st_mode & stat.S_IWOTH:
+                return f"{path} is writable by every user"
+        for path in above:
+            mode = path.stat().st_mode
+            if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+                return (
+                    f"{path}, a folder above {folder}, is writable by every user "
+                    "without the sticky bit"
+                )
+    except OSError as exc:
+        return f"cannot inspect {folder}: {exc.strerror}"
+    return None
+
+
+def _format_error(source: str, error: ValidationError) -> str:
+    first = error.errors()[0]
+    # A key from the file may hold anything, a line break included: show odd ones quoted.
+    key = ".".join(
+        str(part) if safety.NAME.fullmatch(str(part)) else repr(part) for part in first["loc"]
+    )
+    key = key or "(top level)"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        model: type[BaseModel] = Profile
+        for part in first["loc"][:-1]:
+            annotation = model.model_fields[str(part)].annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                model = annotation
+        allowed = ", ".join(k for k in model.model_fields if k != "source")
+        message = f"unknown key; allowed here: {allowed}"
+    return f"{source}: {key}: {message}"
+
+
+def parse_profile(data: object, source: str) -> Profile:
+    if not isinstance(data, dict):
+        raise ProfileError(f"{source}: a profile must be a YAML mapping of keys to values")
+    try:
+        return Profile.model_validate({**data, "source": source})
+    except ValidationError as exc:
+        raise ProfileError(_format_error(source, exc)) from None
+
+
+class DuplicateKeyError(yaml.MarkedYAMLError):
+    """A mapping names the same key twice."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping.
+
+    Plain YAML keeps the last value, so a second `allow_commands: true` further down a file
+    would silently win over the first. Keys brought in by a merge (`<<: *defaults`) may still
+    be overridden: that is what merging is for.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Hashable] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, Hashable):
+                if key in seen:
+                    raise DuplicateKeyError(
+                        problem=f"duplicate key {key!r}: each key may be given once",
+                        problem_mark=key_node.start_mark,
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+# A profile is a page of settings: far below either limit; both keep hostile files cheap.
+MAX_PROFILE_BYTES = 1024 * 1024
+MAX_PROFILE_DEPTH = 32
+MAX_PROFILE_NODES = 100_000
+
+
+def _depth(data: object) -> int:
+    """How deeply lists and mappings nest in `data`, counted without recursion."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            if level <= MAX_PROFILE_DEPTH:
+                values = item.values() if isinstance(item, dict) else item
+                stack.extend((value, level + 1) for value in values)
+    return deepest
+
+
+def _load_yaml(text: str, path: str) -> Any:
+    """Parse with the strict loader, refusing documents that aliases blow up (a few lines of
+    `&a [*b, *b, ...]` expand to billions of nodes) before anything is built from them."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        expanded, stack = 0, [node]
+        while stack:
+            current = stack.pop()
+            expanded += 1
+            if expanded > MAX_PROFILE_NODES:
+                raise ProfileError(
+                    f"{path}: expands to more than {MAX_PROFILE_NODES} values (aliases); "
+                    "not a profile"
+                )
+            if isinstance(current, yaml.MappingNode):
+                stack.extend(part for pair in current.value for part in pair)
+            elif isinstance(current, yaml.SequenceNode):
+                stack.extend(current.value)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _yaml_error(path: str | Path, exc: yaml.YAMLError) -> str:
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem and exc.problem_mark:
+        return f"{path}: not valid YAML: line {exc.problem_mark.line + 1}: {exc.problem}"
+    return f"{path}: not valid YAML: {str(exc).splitlines()[0]}"
+
+
+def load_profile_file(path: str | Path) -> Profile:
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_PROFILE_BYTES + 1)
+        text = raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProfileError(f"{path}: cannot read profile: {exc}") from None
+    if len(raw) > MAX_PROFILE_BYTES:
+        raise ProfileError(f"{path}: larger than {MAX_PROFILE_BYTES} bytes; not a profile")
+    try:
+        data: Any = _load_yaml(text, str(path))
+    except yaml.YAMLError as exc:
+        raise ProfileError(_yaml_error(path, exc)) from None
+    except RecursionError:
+        raise ProfileError(
+            f"{path}: nested too deeply to read; a profile nests at most {MAX_PROFILE_DEPTH} levels"
+        ) from None
+    if _depth(data) > MAX_PROFILE_DEPTH:
+        raise ProfileError(
+            f"{path}: nested more than {MAX_PROFILE_DEPTH} levels deep; not a profile"
+        )
+    return parse_profile(data, str(path))
+
+
+def profile_warnings(profile: Profile) -> list[str]:
+    """Settings that are valid but weaken a site's defences: `profiles check` prints them."""
+    where = profile.source or profile.name
+    warnings = []
+    if profile.connection.accept_unknown_hosts:
+        warnings.append(
+            f"{where}: connection.accept_unknown_hosts is true: an unknown host key is trusted, "
+            "so an impostor of the login node would receive the jobs; give known_hosts instead"
+        )
+    steering = [n for n in profile.allowed_environment if safety.env_name_denied(n)]
+    if steering:
+        warnings.append(
+            f"{where}: allowed_environment lets messages set {', '.join(steering)}, which "
+            "changes which programs jobs run or what they load"
+        )
+    return warnings
+
+
+def search_path() -> list[Path]:
+    """Where profiles are found by name: ZBATCH_CONFIG_DIR, the user's, then the shipped ones."""
+    dirs = [Path(d) for d in os.environ.get("ZBATCH_CONFIG_DIR", "").split(os.pathsep) if d]
+    dirs.append(Path.home() / ".config" / "zbatch" / "profiles")
+    dirs.append(Path(str(resources.files("zbatch_site_configs"))))
+    return dirs
+
+
+def find_profiles() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for directory in reversed(search_path()):
+        if directory.is_dir():
+            for path in sorted(directory.glob("*.yaml")):
+                found[path.stem] = path
+    return found
+
+
+def load_profile(name_or_path: str) -> Profile:
+    """A profile by file path, or by name from the search path."""
+    if name_or_path.endswith((".yaml", ".yml")) or os.sep in name_or_path:
+        return load_profile_file(name_or_path)
+    known = find_profiles()
+    if name_or_path not in known:
+        names = ", ".join(sorted(known)) or "none"
+        raise ProfileError(f"unknown profile {name_or_path!r}; known profiles: {names}")
+    return load_profile_file(known[name_or_path])

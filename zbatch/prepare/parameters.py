@@ -1,0 +1,373 @@
+"""Turn a recipe wrapper step into a JobSpec: parameter names from python-dlstbx, checked.
+
+Step values override the profile's defaults; the profile's limits are hard: exceeding them is
+an error, never a silent clamp. Every value is validated here, before any template sees it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from zbatch.errors import ParameterError
+from zbatch.model import safety
+from zbatch.model.jobs import JobPaths, JobSpec
+from zbatch.model.message import StepMessage
+from zbatch.model.profiles import Profile
+from zbatch.model.units import parse_duration, parse_memory_mb
+from zbatch.prepare.qsub_args import translate_qsub_args
+from zbatch.prepare.shell_syntax import check_commands
+
+# A path as the host that runs the job resolves it (symbolic links followed).
+Resolve = Callable[[str], str]
+
+CLUSTER_KEYS = (
+    "scheduler",
+    "partition",
+    "job_name",
+    "environment",
+    "cpus_per_task",
+    "tasks",
+    "nodes",
+    "memory_per_node",
+    "min_memory_per_cpu",
+    "time_limit",
+    "gpus",
+    "gpus_per_node",
+    "exclusive",
+    "account",
+    "constraints",
+    "prefer",
+    "qos",
+    "array",
+    "commands",
+    "qsub_submission_parameters",
+)
+
+
+# Lines a scheduler reads as directives wherever they stand (SGE's `#$`), or before the body.
+DIRECTIVE_LINE = re.compile(r"\s*#\s*(\$|SBATCH|PBS|BSUB|zbatch-local:)", re.IGNORECASE)
+
+
+def is_wrapper_step(step: dict[str, Any]) -> bool:
+    params = step.get("parameters")
+    if not isinstance(params, dict):
+        return False
+    return any(k in params for k in ("wrapper", "cluster", "cluster_commands", "commands"))
+
+
+def _int(value: object, what: str, minimum: int = 1) -> int:
+    return safety.parse_int(value, what, minimum)
+
+
+def _bool(value: object, what: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value in ("true", "True", "1", 1):
+        return True
+    if value in ("false", "False", "0", 0, "", None):
+        return False
+    raise ParameterError(f"{what} {value!r} must be true or false")
+
+
+def _limit(value: int | None, maximum: int | None, what: str, profile: Profile) -> None:
+    if value is not None and maximum is not None and value > maximum:
+        raise ParameterError(
+            f"{what} {value} is beyond profile {profile.name!r}'s limit of {maximum}"
+        )
+
+
+class StepReader:
+    """Reads one step's parameters against a profile; one instance per step."""
+
+    def __init__(
+        self, message: StepMessage, profile: Profile, resolve: Resolve | None = os.path.realpath
+    ) -> None:
+        self.message = message
+        self.profile = profile
+        self.resolve = resolve  # real paths where the job runs; None: text checks only
+        self.where = f"step {message.pointer}"
+        params = message.step.get("parameters", {})
+        if not isinstance(params, dict):
+            raise ParameterError(f"{self.where}: parameters must be an object")
+        self.params: dict[str, Any] = params
+        cluster = params.get("cluster", {})
+        # Legacy SGE recipes name a cluster with a string; its settings live in cluster_* keys.
+        self.cluster: dict[str, Any] = cluster if isinstance(cluster, dict) else {}
+        unknown = sorted(set(self.cluster) - set(CLUSTER_KEYS))
+        if unknown:
+            raise ParameterError(
+                f"{self.where}: unknown key parameters.cluster.{unknown[0]}; "
+                f"allowed: {', '.join(CLUSTER_KEYS)}"
+            )
+
+    def opt(self, key: str) -> Any:
+        return self.cluster.get(key)
+
+    def workdir_given(self) -> object:
+        """`parameters.workingdir`, or the default below the root, not yet checked."""
+        given = self.params.get("workingdir")
+        if given is None:
+            root = self.profile.workdir_root or str(Path.home() / "zbatch-runs")
+            tag = safety.safe_tag(self.message.recipe_id, 36)
+            given = f"{os.path.expanduser(root)}/{tag}/step-{self.message.pointer}"
+        return given
+
+    def workdir(self) -> str:
+        """The job's folder: inside the profile's root as written and once resolved (on the
+        job's host), so neither `..` nor a symbolic link inside the root leads out of it."""
+        what = f"{self.where}: parameters.workingdir"
+        path = safety.check_path(self.workdir_given(), what)
+        return safety.check_within(path, confinement_root(self.profile), what, self.resolve)
+
+    def environment(self) -> dict[str, str]:
+        """The profile's variables, then the step's: each name a shell identifier that does
+        not steer loaders or interpreters (unless the profile allows it by name), each value
+        one line of text (a line break would let a value start a command or a `#$` directive).
+        """
+        env = dict(self.profile.environment)
+        given = self.opt("environment")
+        given = {} if given is None else given
+        what = f"{self.where}: parameters.cluster.environment"
+        if not isinstance(given, dict):
+            raise ParameterError(f"{what} must be an object of NAME: value")
+        allowed = self.profile.allowed_environment
+        for key, value in given.items():
+            name = safety.check_env_name(key, f"{self.where}: environment variable name", allowed)
+            if isinstance(value, bool) or not isinstance(value, str | int | float):
+                raise ParameterError(
+                    f"{what}: {name} must be text or a number, not {type(value).__name__}"
+                )
+            if isinstance(value, int) and value.bit_length() > 256:
+                raise ParameterError(f"{what}: {name} is a number too large for a variable")
+            env[name] = safety.check_text(str(value), f"{self.where}: environment {name}")
+        return env
+
+    def partition(self) -> str | None:
+        queue = self.params.get("cluster_queue")
+        if queue is not None:
+            safety.check(safety.NAME, queue, f"{self.where}: cluster_queue")
+            mapping = self.profile.queue_mapping
+            if queue not in mapping:
+                known = ", ".join(sorted(mapping)) or "none configured"
+                raise ParameterError(
+                    f"{self.where}: cluster_queue {queue!r} is not mapped by profile "
+                    f"{self.profile.name!r}; known queues: {known}"
+                )
+            return mapping[queue]
+        value = self.opt("partition") or self.profile.defaults.partition
+        return (
+            None if value is None else safety.check(safety.NAME, value, f"{self.where}: partition")
+        )
+
+    def named(self, key: str, default: str | None, pattern: Any = safety.NAME) -> str | None:
+        value = self.opt(key)
+        if value is None:
+            return default
+        return safety.check(pattern, value, f"{self.where}: parameters.cluster.{key}")
+
+    def legacy_overrides(self) -> dict[str, Any]:
+        raw = self.params.get("cluster_submission_parameters")
+        if raw is None:
+            return {}
+        text = safety.check_text(
+            raw, f"{self.where}: cluster_submission_parameters", limit=safety.MAX_LINE
+        )
+        try:
+            tokens = shlex.split(text)
+        except ValueError as exc:
+            raise ParameterError(f"{self.where}: cluster_submission_parameters: {exc}") from None
+        return translate_qsub_args(tokens, self.profile, self.where)
+
+
+def _resources(reader: StepReader, legacy: dict[str, Any]) -> dict[str, Any]:
+    profile, where, opt = reader.profile, reader.where, reader.opt
+    defaults = profile.defaults
+    cpus = legacy.get("cpus") or _int(
+        opt("cpus_per_task") or defaults.cpus, f"{where}: cpus_per_task"
+    )
+    memory = opt("memory_per_node")
+    memory_mb = legacy.get("memory_mb") or (
+        parse_memory_mb(memory, f"{where}: memory_per_node") if memory else defaults.memory_mb
+    )
+    per_cpu = opt("min_memory_per_cpu")
+    per_cpu_mb = legacy.get("memory_per_cpu_mb") or (
+        parse_memory_mb(per_cpu, f"{where}: min_memory_per_cpu") if per_cpu else None
+    )
+    limit = opt("time_limit")
+    time_s = legacy.get("time_limit_s") or (
+        parse_duration(limit, f"{where}: time_limit") if limit else defaults.time_limit_s
+    )
+    if (time_s is not None and time_s < 1) or (limit is not None and not limit):
+        # 0 would drop the time directive altogether, and with it the profile's limit.
+        raise ParameterError(f"{where}: time_limit {limit!r} must be at least one second")
+    gpus = _int(opt("gpus"), f"{where}: gpus", 0) if opt("gpus") is not None else defaults.gpus
+    gpus = legacy.get("gpus", gpus)
+    limits = profile.limits
+    _limit(cpus, limits.max_cpus, f"{where}: cpus", profile)
+    _limit(memory_mb, limits.max_memory_mb, f"{where}: memory (MB)", profile)
+    if per_cpu_mb is not None:
+        _limit(per_cpu_mb * cpus, limits.max_memory_mb, f"{where}: memory (MB)", profile)
+    _limit(time_s, limits.max_time_limit_s, f"{where}: time limit (s)", profile)
+    _limit(gpus, limits.max_gpus, f"{where}: gpus", profile)
+    return {
+        "cpus": cpus,
+        "memory_mb": memory_mb,
+        "memory_per_cpu_mb": per_cpu_mb,
+        "time_limit_s": time_s,
+        "gpus": gpus,
+    }
+
+
+def read_step(
+    message: StepMessage, profile: Profile, resolve: Resolve | None = os.path.realpath
+) -> JobSpec:
+    """The JobSpec of a step, without its command (which needs the spec's paths); `resolve`
+    gives real paths on the host where the job runs (None: text checks only)."""
+    reader = StepReader(message, profile, resolve)
+    where, opt = reader.where, reader.opt
+    legacy = reader.legacy_overrides()
+    project = message.step["parameters"].get("cluster_project")
+    account: str | None = legacy.get("account") or reader.named("account", profile.defaults.account)
+    if project is not None and "{" not in str(project):  # dlstbx ignores unfilled placeholders
+        account = safety.check(safety.NAME, project, f"{where}: cluster_project")
+    default_name = f"zbatch-step{message.pointer}"
+    return JobSpec(
+        name=legacy.get("name") or reader.named("job_name", default_name) or default_name,
+        workdir=reader.workdir(),
+        command="",
+        partition=reader.partition(),
+        account=account,
+        qos=reader.named("qos", profile.defaults.qos),
+        tasks=_int(opt("tasks"), f"{where}: tasks") if opt("tasks") is not None else None,
+        nodes=_int(opt("nodes"), f"{where}: nodes") if opt("nodes") is not None else None,
+        gpus_per_node=(
+            _int(opt("gpus_per_node"), f"{where}: gpus_per_node", 0)
+            if opt("gpus_per_node") is not None
+            else None
+        ),
+        exclusive=_bool(opt("exclusive"), f"{where}: exclusive") or legacy.get("exclusive", False),
+        constraints=reader.named("constraints", None, safety.CONSTRAINT),
+        prefer=reader.named("prefer", None, safety.CONSTRAINT),
+        array=reader.named("array", None, safety.ARRAY),
+        environment=reader.environment(),
+        extra_directives=list(profile.extra_directives) + legacy.get("raw", []),
+        **_resources(reader, legacy),
+    )
+
+
+def step_commands(message: StepMessage, profile: Profile) -> list[str] | None:
+    """The recipe's own shell commands, where the step has them and the profile allows them."""
+    params = message.step.get("parameters", {})
+    cluster = params.get("cluster") if isinstance(params.get("cluster"), dict) else {}
+    commands = cluster.get("commands", params.get("cluster_commands", params.get("commands")))
+    if commands is None:
+        return None
+    where = f"step {message.pointer}"
+    if not profile.allow_commands:
+        raise ParameterError(
+            f"{where}: carries shell commands, but profile {profile.name!r} only runs named "
+            "wrappers (set allow_commands: true in the profile to permit recipe commands)"
+        )
+    lines = [commands] if isinstance(commands, str) else commands
+    if not isinstance(lines, list) or not all(isinstance(c, str) for c in lines):
+        raise ParameterError(f"{where}: commands must be a string or a list of strings")
+    checked = []
+    for index, line in enumerate(lines):
+        what = f"{where}: commands[{index}]"
+        for part in safety.check_text(line, what, multiline=True).split("\n"):
+            if DIRECTIVE_LINE.match(part):
+                raise ParameterError(
+                    f"{what}: the line {part[:60]!r} would be read as a scheduler directive "
+                    "(SGE reads '#$' lines anywhere in a script); limits come from the profile"
+                )
+        checked.append(line)
+    check_commands("\n".join(checked), f"{where}: commands")
+    return checked
+
+
+ENVELOPE_KEYS = ("recipewrapper", "recipefile", "recipeenvironment")
+# Folders a wrapper is told in job_parameters (relative ones are below the job's folder).
+WRAPPER_DIRECTORY_KEYS = ("working_directory", "results_directory")
+
+
+def confinement_root(profile: Profile) -> str | None:
+    """The folder every path of a step must lie in (its real path too), or None."""
+    root = profile.workdir_root
+    return os.path.normpath(os.path.expanduser(root)) if root else None
+
+
+def envelope_files(
+    message: StepMessage,
+    paths: JobPaths,
+    root: str | None = None,
+    resolve: Resolve | None = os.path.realpath,
+) -> tuple[Path, dict[Path, str]]:
+    """The recipewrapper file (and optional recipe/environment files) a step's job reads.
+
+    A path the step names must lie inside `root` (when given), as written and once resolved
+    by `resolve` on the job's host: the files are written there before the job starts.
+    """
+    params = message.step.get("parameters", {})
+    where = f"step {message.pointer}"
+    named: dict[str, Path] = {}
+    for key in ENVELOPE_KEYS:
+        if params.get(key):
+            what = f"{where}: parameters.{key}"
+            path = safety.check_path(params[key], what)
+            named[key] = Path(safety.check_within(path, root, what, resolve))
+    recipewrapper = named.get("recipewrapper", paths.recipewrapper)
+    files = {recipewrapper: json.dumps(message.to_body(), indent=2)}
+    if "recipefile" in named:
+        files[named["recipefile"]] = json.dumps(message.recipe.to_json(), indent=2)
+    if "recipeenvironment" in named:
+        files[named["recipeenvironment"]] = json.dumps(message.environment, indent=2)
+    return recipewrapper, files
+
+
+def wrapper_directory(given: object, workdir: str, what: str) -> str | None:
+    """A folder from job_parameters as the job will use it (relative ones are below the job's
+    folder), checked as a path; None when not given."""
+    if given is None or given == "":
+        return None
+    if not isinstance(given, str):
+        raise ParameterError(f"{what} must be a path, not {type(given).__name__}")
+    return safety.check_path(given if given.startswith("/") else f"{workdir}/{given}", what)
+
+
+def named_paths(message: StepMessage, profile: Profile) -> list[str]:
+    """Every path the step names that passes the text checks (the job's folder, its envelope
+    files, the wrapper's folders), so that they can all be resolved in one batch."""
+    found: list[str] = []
+
+    def add(value: object, relative_to: str | None = None) -> str | None:
+        try:
+            path = (
+                safety.check_path(value, "path")
+                if relative_to is None
+                else wrapper_directory(value, relative_to, "path")
+            )
+        except ParameterError:
+            return None  # refused with its own message when checked for real
+        if path is not None:
+            found.append(path)
+        return path
+
+    try:
+        reader = StepReader(message, profile, None)
+    except ParameterError:
+        return found
+    workdir = add(reader.workdir_given())
+    for key in ENVELOPE_KEYS:
+        if reader.params.get(key):
+            add(reader.params[key])
+    job = message.step.get("job_parameters")
+    if workdir is not None and isinstance(job, dict):
+        for key in WRAPPER_DIRECTORY_KEYS:
+            add(job.get(key), workdir)
+    return found
