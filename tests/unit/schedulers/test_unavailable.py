@@ -11,7 +11,7 @@ from zbatch.schedulers.base import Scheduler
 from zbatch.schedulers.sge import SgeScheduler
 from zbatch.schedulers.slurm import SlurmScheduler
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "scheduler-output"
+DATA = Path(__file__).resolve().parents[2] / "data" / "scheduler-output"
 
 
 def scheduler(kind: type[Scheduler]) -> Scheduler:

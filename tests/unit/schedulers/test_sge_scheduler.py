@@ -13,7 +13,7 @@ from zbatch.model.profiles import Profile
 from zbatch.schedulers import sge
 from zbatch.schedulers.sge import SgeScheduler
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "scheduler-output" / "sge"
+DATA = Path(__file__).resolve().parents[2] / "data" / "scheduler-output" / "sge"
 HOSTILE_IDS = ["--help", "-u", "12 13", "12;rm -rf /", "", "12.x", "0x1f", "12\n13", "12.1-5:1"]
 
 

@@ -12,7 +12,7 @@ from zbatch.model.jobs import JobState
 from zbatch.model.profiles import Profile
 from zbatch.schedulers.slurm import SlurmScheduler
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "scheduler-output" / "slurm"
+DATA = Path(__file__).resolve().parents[2] / "data" / "scheduler-output" / "slurm"
 HOSTILE_IDS = ["--uid=0", "-j", "12 13", "12;id", "", "12_", "12_[0-5]", "12,13", "12\n13", "1e3"]
 
 

@@ -1,6 +1,6 @@
 """Rendered job scripts, compared line by line with reviewed golden files.
 
-A missing golden file fails. Refresh with `pytest --update-golden tests/unit/test_golden.py`
+A missing golden file fails. Refresh with `pytest --update-golden tests/unit/prepare/test_golden.py`
 and review the diff before committing it.
 """
 
@@ -20,7 +20,7 @@ from zbatch.model.profiles import Profile, load_profile
 from zbatch.model.recipe import Recipe
 from zbatch.prepare.job_files import JobContext, prepare_job
 
-HERE = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parents[2]
 GOLDEN = HERE / "golden"
 RECIPES = HERE / "data" / "recipes"
 CONTEXT = JobContext(

@@ -9,7 +9,7 @@ import pytest
 from zbatch.errors import ProfileError
 from zbatch.model.profiles import find_profiles, load_profile, load_profile_file
 
-SHIPPED = Path(__file__).resolve().parents[2] / "site-configs"
+SHIPPED = Path(__file__).resolve().parents[3] / "site-configs"
 
 
 @pytest.mark.parametrize("path", sorted(SHIPPED.glob("*.yaml")), ids=lambda p: p.stem)
