@@ -68,7 +68,7 @@ class FastEpWrapper(Wrapper):
             )
         return found
 
-    def command(self, workdir: Path) -> list[str]:
+    def command(self, workdir: Path) -> list[str]:  # noqa: ARG002 - the tool runs in it
         # Assigning keeps a given `data` in its place, as dlstbx's dict update does.
         settings = {**settings_dict(self.params, "fast_ep"), "data": self.input_data()}
         settings.setdefault("cpu", self.context.cpus)

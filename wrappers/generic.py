@@ -21,7 +21,7 @@ from zbatch.wrapper import Outcome, ResultFile, Wrapper, check_argument
 class GenericWrapper(Wrapper):
     name = "generic"
 
-    def command(self, workdir: Path) -> list[str]:
+    def command(self, workdir: Path) -> list[str]:  # noqa: ARG002 - the tool runs in it
         # This runs whatever program the message names, so it is as powerful as a recipe's
         # shell commands. The job cannot know its site profile (the message does not carry
         # it and must not be trusted to), so the gate is at submission: zbatch.prepare.job_files

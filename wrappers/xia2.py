@@ -115,7 +115,7 @@ class Xia2Wrapper(Wrapper):
     def working_directory(self) -> Path:
         return super().working_directory() / self.program_name()
 
-    def command(self, workdir: Path) -> list[str]:
+    def command(self, workdir: Path) -> list[str]:  # noqa: ARG002 - the tool runs in it
         argv = ["xia2"]
         where = "job_parameters.xia2"
         for key, values in self.settings.items():

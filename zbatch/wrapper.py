@@ -7,6 +7,7 @@ command it builds (an argument list, never a shell line), then asks it what the 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -14,12 +15,13 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar
 
-from zbatch.errors import WrapperError
+from zbatch.errors import WrapperError, ZbatchError
 from zbatch.model import safety
 from zbatch.model.message import StepMessage
 from zbatch.paths import make_dirs
 
 MAX_ARGUMENT = 128 * 1024
+MAX_TIMEOUT_S = 30 * 24 * 3600  # a month: beyond any queue's time limit
 
 
 @dataclass(frozen=True)
@@ -135,8 +137,18 @@ class Wrapper(ABC):
         """Read the tool's outputs and decide whether it succeeded."""
 
     def timeout_s(self) -> float | None:
+        """`job_parameters.timeout`: the seconds the tool may run; no limit when it is absent.
+        Anything else than a positive number is an error, never a silent "no limit"."""
         value = self.params.get("timeout")
-        return float(value) if isinstance(value, int | float) and value > 0 else None
+        if value is None:
+            return None
+        what = "job_parameters.timeout"
+        if isinstance(value, float) and math.isfinite(value) and 0 < value <= MAX_TIMEOUT_S:
+            return value
+        try:
+            return float(safety.parse_int(value, what, minimum=1, maximum=MAX_TIMEOUT_S))
+        except ZbatchError as exc:
+            raise WrapperError(f"{exc} (seconds; leave it out for no limit)") from None
 
 
 def check_argument(value: object, what: str) -> str:
@@ -164,7 +176,7 @@ def load_wrapper(name: str) -> type[Wrapper]:
         raise WrapperError(f"unknown wrapper {name!r}; installed: {', '.join(sorted(found))}")
     try:
         cls = found[name].load()
-    except Exception as exc:  # a broken site package must not crash the runner silently
+    except Exception as exc:  # noqa: BLE001 - a broken site package: one clear error
         raise WrapperError(f"wrapper {name!r} cannot be loaded: {exc}") from None
     if not (isinstance(cls, type) and issubclass(cls, Wrapper)):
         raise WrapperError(f"wrapper {name!r} ({found[name].value}) is not a zbatch Wrapper")

@@ -38,7 +38,7 @@ from tests.faults.support import (
     slurm_jobs_by_marker,
     wait_until,
 )
-from zbatch.model.jobs import JobPaths
+from zbatch.model.jobs import JobPaths, result_record_path
 from zbatch.model.message import StepMessage, start_messages
 from zbatch.model.recipe import Recipe
 from zbatch.prepare.job_files import job_tag
@@ -163,7 +163,7 @@ def result_records(side: Side) -> list[dict[str, object]]:
     out = []
     for index, message in enumerate(side.messages):
         paths = JobPaths(side.work / f"step{index}", job_tag(message))
-        out.append(json.loads(paths.result_record.read_text()))
+        out.append(json.loads(Path(result_record_path(str(paths.recipewrapper))).read_text()))
     return out
 
 

@@ -19,7 +19,7 @@ import pytest
 from tests.helpers import ZbatchRun, one_line_error, wrapper_step, write_recipe
 from zbatch.errors import ParameterError, RecipeError, ZbatchError
 from zbatch.injob.outbox import Outbox, retry_window_s
-from zbatch.injob.runner import allocated_cpus
+from zbatch.injob.runner import allocated_cpus, wrap
 from zbatch.model import safejson
 from zbatch.model.jobs import ExitRecord
 from zbatch.model.message import StepMessage, start_messages
@@ -254,10 +254,24 @@ def test_hostile_outbox_is_a_recipe_error(text: str, tmp_path: Path) -> None:
         Outbox.from_text(tmp_path / "box.jsonl", text, lambda: None)  # type: ignore[arg-type,return-value]
 
 
-@pytest.mark.parametrize("value", ["²", "1e999", "nan", "-1", "9" * 400, ""])
-def test_junk_send_retry_window_falls_back(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("value", ["²", "1e999", "nan", "-1", "9" * 400, "10s"])
+def test_junk_send_retry_window_is_refused_before_the_job_runs(
+    value: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """It used to become 600 s silently; `zbatch wrap` now refuses it before it reads anything."""
     monkeypatch.setenv("ZBATCH_SEND_RETRY_S", value)
-    assert retry_window_s() == 600.0
+    with pytest.raises(
+        ParameterError, match=r"\$ZBATCH_SEND_RETRY_S=.* is not a number of seconds"
+    ):
+        retry_window_s()
+    with pytest.raises(ParameterError, match="ZBATCH_SEND_RETRY_S"):
+        wrap("generic", tmp_path / "missing.json", lambda: None)  # type: ignore[arg-type,return-value]
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("", 600.0), (" 5 ", 5.0), ("0.5", 0.5)])
+def test_send_retry_window(value: str, seconds: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZBATCH_SEND_RETRY_S", value)
+    assert retry_window_s() == seconds
 
 
 @pytest.mark.parametrize(

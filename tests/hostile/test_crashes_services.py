@@ -22,7 +22,7 @@ import pytest
 from tests.helpers import ZbatchRun, one_line_error, write_recipe
 from tests.integration.test_recipe_starter import starter as run_starter
 from zbatch.clusters import cluster_for
-from zbatch.model.jobs import JobPaths, JobState
+from zbatch.model.jobs import JobPaths, JobState, result_record_path
 from zbatch.model.message import StepMessage, start_messages, step_key
 from zbatch.model.profiles import load_profile_file
 from zbatch.model.recipe import Recipe
@@ -231,7 +231,7 @@ def overwriting_step(work: Path, record: str, message: StepMessage) -> list[str]
     quoted = shlex.quote(record)
     return [
         f"printf '%s' {quoted} > {shlex.quote(str(paths.exit_record))}",
-        f"printf '%s' {quoted} > {shlex.quote(str(paths.result_record))}",
+        f"printf '%s' {quoted} > {shlex.quote(result_record_path(str(paths.recipewrapper)))}",
         "kill -9 $$",
     ]
 

@@ -441,15 +441,16 @@ def test_lost_commit_answer_is_not_retried(
     work, out = names.queue(), names.queue()
     transport = PikaTransport()
     dispatcher = dispatcher_for(make_profile, transport, work, tmp_path)
-    transport.send_step(step_for(work, out, work_root / "a"))
 
     def commit_then_lose_answer(channel: Any) -> Any:
         channel.tx_commit()
         raise pe.StreamLostError("connection forced (test)")
 
-    delivery = take(transport, work)
+    assert transport.receive(work, 0.2) is None  # opens the queue's channel, to break it
     break_commit(transport, work, commit_then_lose_answer)
-    assert dispatcher.handle(delivery) == "redelivery-pending"
+    transport.send_step(step_for(work, out, work_root / "a"))
+    dispatcher.serve(threading.Event(), max_messages=1)
+    assert dispatcher.outcomes["redelivery-pending"] == 1
     assert not transport.connected
     assert transport.receive(work, 1.0) is None  # committed: nothing comes back
     transport.disconnect()

@@ -31,7 +31,7 @@ class Cluster(ABC):
     @abstractmethod
     def cancel(self, job_ids: Sequence[str]) -> None: ...
 
-    def find(self, marker: str) -> str | None:
+    def find(self, marker: str) -> str | None:  # noqa: ARG002 - optional hook
         """The id of a job submitted with `marker`, for recovery after a crash mid-submit."""
         return None
 

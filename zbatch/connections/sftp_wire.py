@@ -172,19 +172,7 @@ class SftpSession:
                 except OSError as exc:
                     handles.append(None)
                     errors.append(exc)
-            writes: list[Request] = []
-            targets: list[str] = []
-            for handle, temp, item in zip(handles, temps, files, strict=True):
-                if handle is not None:
-                    data = item.data.encode()
-                    # The exact mode whatever the server's umask (open's attributes pass it).
-                    writes.append((FSETSTAT, (handle, ATTR_PERMISSIONS, item.mode)))
-                    writes += [
-                        (WRITE, (handle, *_offset(at), data[at : at + CHUNK]))
-                        for at in range(0, len(data), CHUNK)
-                    ]
-                    writes.append((CLOSE, (handle,)))
-                    targets += [temp] * (len(writes) - len(targets))
+            writes, targets = _write_requests(handles, temps, files)
             for answer, temp in zip(self.exchange(writes), targets, strict=True):
                 try:
                     answer.check(f"write {temp}")
@@ -299,6 +287,27 @@ def _name(answer: Answer) -> str | None:
         return None
     name = _string(answer.body, 4)[0].decode(errors="surrogateescape")
     return name if name.startswith("/") else None
+
+
+def _write_requests(
+    handles: Sequence[bytes | None], temps: Sequence[str], files: Sequence[FileToPut]
+) -> tuple[list[Request], list[str]]:
+    """Each opened file's mode, data and close, pipelined; and the temp name each answers for."""
+    writes: list[Request] = []
+    targets: list[str] = []
+    for handle, temp, item in zip(handles, temps, files, strict=True):
+        if handle is None:
+            continue
+        data = item.data.encode()
+        # The exact mode whatever the server's umask (open's attributes pass it).
+        writes.append((FSETSTAT, (handle, ATTR_PERMISSIONS, item.mode)))
+        writes += [
+            (WRITE, (handle, *_offset(at), data[at : at + CHUNK]))
+            for at in range(0, len(data), CHUNK)
+        ]
+        writes.append((CLOSE, (handle,)))
+        targets += [temp] * (len(writes) - len(targets))
+    return writes, targets
 
 
 def _offset(value: int) -> tuple[int, int]:

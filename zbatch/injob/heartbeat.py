@@ -86,7 +86,7 @@ class Heartbeat:
                     {},
                     expiration_s=EXPIRATION_S,
                 )
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a heartbeat never stops the job
                 log.warning("status heartbeat not sent: %s", exc)
                 transport = None
             if self._stop.is_set():

@@ -25,21 +25,32 @@ from tenacity import (
     wait_exponential,
 )
 
-from zbatch.errors import RecipeError, TransportError
+from zbatch.errors import ParameterError, RecipeError, TransportError
 from zbatch.model import safejson
 from zbatch.model.jobs import atomic_write
 from zbatch.model.message import StepMessage
 from zbatch.transport.base import Transport
 
 log = logging.getLogger(__name__)
+SEND_RETRY_ENV = "ZBATCH_SEND_RETRY_S"
+DEFAULT_SEND_RETRY_S = 600.0
 _SECONDS = re.compile(r"[0-9]{1,7}(?:\.[0-9]{0,6})?")
 # An outbox holds one job's messages; a file bigger than this was not written by zbatch.
 MAX_OUTBOX_BYTES = 4 * safejson.MAX_MESSAGE_BYTES
 
 
 def retry_window_s() -> float:
-    value = os.environ.get("ZBATCH_SEND_RETRY_S", "").strip()
-    return float(value) if _SECONDS.fullmatch(value) else 600.0
+    """$ZBATCH_SEND_RETRY_S: how long `zbatch wrap` retries the broker before it leaves its
+    messages in the outbox for a dispatcher (default 600 s). A value that is not a number of
+    seconds is an error, checked when `zbatch wrap` starts, never a silent default."""
+    value = os.environ.get(SEND_RETRY_ENV, "").strip()
+    if not value:
+        return DEFAULT_SEND_RETRY_S
+    if not _SECONDS.fullmatch(value):
+        raise ParameterError(
+            f"${SEND_RETRY_ENV}={value[:40]!r} is not a number of seconds (e.g. 600)"
+        )
+    return float(value)
 
 
 class Outbox:

@@ -20,7 +20,7 @@ from typing import Any
 
 from zbatch.errors import ParameterError, RecipeError, ZbatchError
 from zbatch.injob.heartbeat import END, ERROR, PROCESSING, Heartbeat
-from zbatch.injob.outbox import Outbox
+from zbatch.injob.outbox import Outbox, retry_window_s
 from zbatch.injob.tool_process import run_tool
 from zbatch.model import safejson, safety
 from zbatch.model.jobs import atomic_write, outbox_path, result_record_path
@@ -64,7 +64,6 @@ def load_message(path: Path) -> StepMessage:
 @dataclass
 class WrapRun:
     wrapper: Wrapper
-    message: StepMessage
     record_path: Path
 
     def build(self) -> tuple[Path, list[str]]:
@@ -159,6 +158,7 @@ def wrap(
 ) -> tuple[int, str]:
     """Run wrapper `name` on the message in `recipewrapper`; (exit code, one-line summary).
     `workdir_root` (from the profile) confines the tool's folders and result files."""
+    retry_window_s()  # a bad setting fails now, not when the results are to be sent
     message = load_message(recipewrapper)
     context = RunContext(
         message,
@@ -168,7 +168,7 @@ def wrap(
     )
     wrapper = load_wrapper(name)(context)
     record_path = Path(result_record_path(str(recipewrapper)))
-    run = WrapRun(wrapper, message, record_path)
+    run = WrapRun(wrapper, record_path)
     if dry_run:
         workdir, argv = run.build()
         return 0, json.dumps({"cwd": str(workdir), "argv": argv})

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,6 @@ CHUNK = 64 * 1024
 class ToolRun:
     exit_code: int
     stdout_tail: str
-    duration_s: float
     stopped_by: str = ""  # the name of a terminating signal zbatch forwarded, or "timeout"
 
 
@@ -47,7 +45,6 @@ def run_tool(
     env: dict[str, str] | None = None,
 ) -> ToolRun:
     """Run `argv` in `workdir`; SIGTERM/INT/USR1/USR2 sent to us reach the tool's process group."""
-    started = time.monotonic()
     child = subprocess.Popen(
         argv,
         cwd=workdir,
@@ -66,8 +63,10 @@ def run_tool(
 
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
     tail: deque[bytes] = deque()
-    assert child.stdout is not None
-    pump = threading.Thread(target=_pump, args=(child.stdout, sys.stdout.buffer, tail), daemon=True)
+    stdout = child.stdout
+    if stdout is None:  # Popen was given stdout=PIPE above; this cannot be None
+        raise RuntimeError("the tool's output pipe was not opened")
+    pump = threading.Thread(target=_pump, args=(stdout, sys.stdout.buffer, tail), daemon=True)
     pump.start()
     try:
         code = child.wait(timeout=timeout_s)
@@ -84,4 +83,4 @@ def run_tool(
             signal.signal(sig, handler)
     pump.join(timeout=30)
     text = b"".join(tail)[-TAIL_BYTES:].decode("utf-8", errors="replace")
-    return ToolRun(code, text, time.monotonic() - started, stopped["by"])
+    return ToolRun(code, text, stopped["by"])

@@ -19,7 +19,8 @@ Why each name passes:
   cell qsub/qstat/qdel/qacct talk to.
 - PYTHONPATH: the default job command is this interpreter (`python -m zbatch wrap`); wrappers
   installed on the dispatcher's PYTHONPATH must import in the job as they did at submission.
-- ZBATCH_SEND_RETRY_S: how long `zbatch wrap` retries the broker before its outbox; a number.
+- ZBATCH_SEND_RETRY_S: how long `zbatch wrap` retries the broker before its outbox, in seconds
+  (zbatch/injob/outbox.py; a bad value stops `zbatch wrap` before it starts the tool).
 Everything else (SQUEUE_FORMAT, SBATCH_* and SLURM_TIME_FORMAT included, which would change
 what the scheduler commands do or print) stays behind. DRMAA submits in-process without a job
 environment, and an SSH connection's commands get the remote login's environment.

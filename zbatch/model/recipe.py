@@ -114,22 +114,11 @@ class Recipe:
             safejson.check_depth(data, source)
         if not isinstance(data, dict) or not data:
             raise RecipeError(f"{source}: a recipe must be a non-empty JSON object")
-        nodes: dict[int, dict[str, Any]] = {}
-        for key, node in data.items():
-            if key in ("start", "error"):
-                continue
-            # ASCII digits only: "²".isdigit() is true, but int("²") fails.
-            if not (isinstance(key, str) and _NODE_KEY.fullmatch(key) and key == str(int(key))):
-                raise RecipeError(f"{source}: node key {str(key)[:40]!r} is not a node number")
-            if int(key) == 0:
-                raise RecipeError(f"{source}: node 0 is not allowed; number nodes from 1")
-            if not isinstance(node, dict):
-                raise RecipeError(f"{source}: node {key} must be an object")
-            for name in _ROUTING_FIELDS:
-                _check_routing(node.get(name), f"{source}: node {key} field {name!r}")
-            if _is_int(node.get("output")):  # workflows normalises a bare int to a list
-                node = {**node, "output": [node["output"]]}
-            nodes[int(key)] = node
+        nodes = {
+            _node_number(key, source): _checked_node(key, node, source)
+            for key, node in data.items()
+            if key not in ("start", "error")
+        }
         keys = list(data)
         error_first = (
             "error" in data and "start" in data and keys.index("error") < keys.index("start")
@@ -160,22 +149,25 @@ class Recipe:
         for node_id in self.error:
             if node_id not in self.nodes:
                 raise RecipeError(f"{source}: error refers to node {node_id}, which is missing")
-        graph: dict[int, list[int]] = {}
-        for node_id, node in self.nodes.items():
-            targets: list[int] = []
-            for fieldname in ("output", "error"):
-                if fieldname in node:
-                    where = f"{source}: node {node_id} field {fieldname!r}"
-                    for target in link_targets(parse_links(node[fieldname], where)):
-                        if target not in self.nodes:
-                            raise RecipeError(f"{where} refers to node {target}, which is missing")
-                        targets.append(target)
-            graph[node_id] = targets
+        graph = {node_id: self._targets(node_id, source) for node_id in self.nodes}
         _check_acyclic(graph, source)
         reached = _reachable(graph, [n for n, _ in self.start] + self.error)
         unreached = sorted(set(self.nodes) - reached)
         if unreached:
             raise RecipeError(f"{source}: node {unreached[0]} is not reachable from start or error")
+
+    def _targets(self, node_id: int, source: str) -> list[int]:
+        """The nodes `node_id` links to (output and error), each checked to exist."""
+        targets: list[int] = []
+        node = self.nodes[node_id]
+        for fieldname in ("output", "error"):
+            if fieldname in node:
+                where = f"{source}: node {node_id} field {fieldname!r}"
+                for target in link_targets(parse_links(node[fieldname], where)):
+                    if target not in self.nodes:
+                        raise RecipeError(f"{where} refers to node {target}, which is missing")
+                    targets.append(target)
+        return targets
 
     def outputs(self, node_id: int) -> Links:
         node = self.nodes[node_id]
@@ -248,6 +240,25 @@ def _parse_error(data: dict[str, Any], source: str) -> list[int]:
     if isinstance(links, dict):
         raise RecipeError(f"{source}: top-level 'error' must be a node number or a list of them")
     return links
+
+
+def _node_number(key: object, source: str) -> int:
+    # ASCII digits only: "²".isdigit() is true, but int("²") fails.
+    if not (isinstance(key, str) and _NODE_KEY.fullmatch(key) and key == str(int(key))):
+        raise RecipeError(f"{source}: node key {str(key)[:40]!r} is not a node number")
+    if int(key) == 0:
+        raise RecipeError(f"{source}: node 0 is not allowed; number nodes from 1")
+    return int(key)
+
+
+def _checked_node(key: str, node: object, source: str) -> dict[str, Any]:
+    if not isinstance(node, dict):
+        raise RecipeError(f"{source}: node {key} must be an object")
+    for name in _ROUTING_FIELDS:
+        _check_routing(node.get(name), f"{source}: node {key} field {name!r}")
+    if _is_int(node.get("output")):  # workflows normalises a bare int to a list
+        node = {**node, "output": [node["output"]]}
+    return node
 
 
 def _check_acyclic(graph: dict[int, list[int]], source: str) -> None:

@@ -147,7 +147,7 @@ def _wrapper_command(
 
 
 def _commands_text(
-    lines: list[str], files: dict[Path, str], recipewrapper: Path, message: StepMessage
+    lines: list[str], recipewrapper: Path, message: StepMessage
 ) -> str:
     """dlstbx's placeholders; paths were pattern-checked, so plain replacement is safe."""
     params = message.step.get("parameters", {})
@@ -196,7 +196,7 @@ def prepare_job(message: StepMessage, profile: Profile, context: JobContext) -> 
             )
         command = _wrapper_command(params["wrapper"], message, recipewrapper, profile, context)
     elif lines:
-        command = _commands_text(lines, files, recipewrapper, message)
+        command = _commands_text(lines, recipewrapper, message)
     else:
         raise ParameterError(f"step {message.pointer}: names neither a wrapper nor commands")
     spec = dataclasses.replace(spec, command=command, marker=step_key(message))

@@ -172,17 +172,30 @@ class StepReader:
         return safety.check(pattern, value, f"{self.where}: parameters.cluster.{key}")
 
     def legacy_overrides(self) -> dict[str, Any]:
-        raw = self.params.get("cluster_submission_parameters")
-        if raw is None:
+        """Raw qsub arguments, from dlstbx's SGE-era `cluster_submission_parameters` or the
+        `cluster.qsub_submission_parameters` some recipes still carry (one of them only)."""
+        given = {
+            key: value
+            for key, value in (
+                ("cluster_submission_parameters", self.params.get("cluster_submission_parameters")),
+                ("cluster.qsub_submission_parameters", self.opt("qsub_submission_parameters")),
+            )
+            if value is not None
+        }
+        if not given:
             return {}
-        text = safety.check_text(
-            raw, f"{self.where}: cluster_submission_parameters", limit=safety.MAX_LINE
-        )
+        if len(given) > 1:
+            raise ParameterError(
+                f"{self.where}: both cluster_submission_parameters and "
+                "cluster.qsub_submission_parameters are set; give the qsub arguments once"
+            )
+        ((key, raw),) = given.items()
+        text = safety.check_text(raw, f"{self.where}: {key}", limit=safety.MAX_LINE)
         try:
             tokens = shlex.split(text)
         except ValueError as exc:
-            raise ParameterError(f"{self.where}: cluster_submission_parameters: {exc}") from None
-        return translate_qsub_args(tokens, self.profile, self.where)
+            raise ParameterError(f"{self.where}: {key}: {exc}") from None
+        return translate_qsub_args(tokens, self.profile, self.where, key)
 
 
 def _resources(reader: StepReader, legacy: dict[str, Any]) -> dict[str, Any]:

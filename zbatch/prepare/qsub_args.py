@@ -1,4 +1,5 @@
-"""Legacy `cluster_submission_parameters` (raw qsub arguments) mapped onto a JobSpec.
+"""Legacy raw qsub arguments mapped onto a JobSpec: a step's `cluster_submission_parameters`
+or `cluster.qsub_submission_parameters`.
 
 Old DLS recipes carry strings such as `-N name -pe smp 16-20 -l mfree=4G -l h_rt=6:00:00`.
 Known options are translated (and so work on Slurm too); anything else is refused unless the
@@ -19,7 +20,7 @@ _PER_SLOT_MEMORY = ("mfree", "h_vmem", "m_mem_free", "mem_free")
 
 def _take(tokens: list[str], index: int, option: str, where: str) -> str:
     if index >= len(tokens):
-        raise ParameterError(f"{where}: cluster_submission_parameters: {option} needs a value")
+        raise ParameterError(f"{where}: {option} needs a value")
     return tokens[index]
 
 
@@ -38,7 +39,11 @@ def _resource(request: str, out: dict[str, Any], where: str) -> bool:
     return True
 
 
-def translate_qsub_args(tokens: list[str], profile: Profile, where: str) -> dict[str, Any]:
+def translate_qsub_args(
+    tokens: list[str], profile: Profile, where: str, key: str = "cluster_submission_parameters"
+) -> dict[str, Any]:
+    """`tokens` (from the step's parameter `key`) as JobSpec fields; `raw` keeps the rest."""
+    given = f"{where}: {key}"
     out: dict[str, Any] = {}
     raw: list[str] = []
     i = 0
@@ -46,24 +51,24 @@ def translate_qsub_args(tokens: list[str], profile: Profile, where: str) -> dict
         option = tokens[i]
         if option == "-N":
             out["name"] = safety.check(
-                safety.NAME, _take(tokens, i + 1, option, where), f"{where}: -N"
+                safety.NAME, _take(tokens, i + 1, option, given), f"{where}: -N"
             )
             i += 2
         elif option == "-P":
             out["account"] = safety.check(
-                safety.NAME, _take(tokens, i + 1, option, where), f"{where}: -P"
+                safety.NAME, _take(tokens, i + 1, option, given), f"{where}: -P"
             )
             i += 2
         elif option == "-pe":
-            slots = _take(tokens, i + 2, option, where).split("-")[0]
+            slots = _take(tokens, i + 2, option, given).split("-")[0]
             out["cpus"] = safety.parse_int(slots, f"{where}: -pe slots", minimum=1)
             i += 3
-        elif option == "-l" and _resource(_take(tokens, i + 1, option, where), out, where):
+        elif option == "-l" and _resource(_take(tokens, i + 1, option, given), out, where):
             i += 2
         else:
             if not profile.allow_raw_scheduler_args:
                 raise ParameterError(
-                    f"{where}: cluster_submission_parameters option {option!r} has no zbatch "
+                    f"{given} option {option!r} has no zbatch "
                     f"equivalent and profile {profile.name!r} does not allow raw scheduler "
                     "arguments (allow_raw_scheduler_args)"
                 )

@@ -65,7 +65,7 @@ class Scheduler(ABC):
         """Command listing jobs with their zbatch markers, to recover a lost job id."""
         return None
 
-    def parse_find(self, stdout: str, marker: str) -> str | None:
+    def parse_find(self, stdout: str, marker: str) -> str | None:  # noqa: ARG002 - optional hook
         """The id of the job carrying `marker` in `find_argv`'s output, if any."""
         return None
 
@@ -77,13 +77,13 @@ class Scheduler(ABC):
         """True when a failed command's output says the scheduler is down, not that it said no."""
         return any(pattern.search(output) for pattern in self.unavailable_patterns)
 
-    def status_error_is_empty(self, stderr: str) -> bool:
+    def status_error_is_empty(self, stderr: str) -> bool:  # noqa: ARG002 - optional hook
         """True when a failed status command only means "none of these jobs exist any more"."""
         return False
 
-    def detail_argv(self, job_id: str) -> list[str] | None:
+    def detail_argv(self, job_id: str) -> list[str] | None:  # noqa: ARG002 - optional hook
         """Command explaining a job gone from the queue (accounting), where there is one."""
         return None
 
-    def parse_detail(self, stdout: str, job_id: str) -> SchedulerStatus | None:
-        return None
+    def parse_detail(self, stdout: str, job_id: str) -> SchedulerStatus | None:  # noqa: ARG002
+        return None  # optional hook, as detail_argv

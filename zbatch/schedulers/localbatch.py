@@ -152,7 +152,7 @@ class _Runner:
         self.child: subprocess.Popen[bytes] | None = None
         self.cancelled = False
 
-    def on_term(self, signum: int, _frame: object) -> None:
+    def on_term(self, _signum: int, _frame: object) -> None:
         self.cancelled = True
         if self.child is not None:
             os.killpg(self.child.pid, signal.SIGTERM)
@@ -210,7 +210,8 @@ class _Runner:
         return 0
 
     def _stop(self) -> int:
-        assert self.child is not None
+        if self.child is None:  # stopped before the script started: nothing to kill
+            return 143
         os.killpg(self.child.pid, signal.SIGTERM)
         try:
             return self.child.wait(timeout=KILL_GRACE_S)

@@ -80,7 +80,7 @@ class StatusServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: object) -> None:
+            def log_message(self, format: str, *args: object) -> None:  # noqa: ARG002
                 return  # keep probes out of the service log
 
         return Handler

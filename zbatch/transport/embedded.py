@@ -63,7 +63,8 @@ class EmbeddedTransport(Transport):
     def db(self) -> sqlite3.Connection:
         if self._db is None:
             self.connect()
-        assert self._db is not None
+        if self._db is None:
+            raise TransportError(f"embedded queue {self.path} did not open", transient=False)
         return self._db
 
     def connect(self) -> None:
@@ -92,14 +93,17 @@ class EmbeddedTransport(Transport):
         body: bytes,
         headers: dict[str, Any],
         *,
-        exchange: str = "",
+        exchange: str = "",  # noqa: ARG002 - no exchanges here: routed by the key alone
         delay: float | None = None,
     ) -> None:
-        # The embedded queue has no exchanges: a named exchange routes by its key alone.
         self._insert(queue, headers, body, delay or 0)
 
     def broadcast(
-        self, exchange: str, body: bytes, headers: dict[str, Any], expiration_s: float | None = None
+        self,
+        exchange: str,
+        body: bytes,
+        headers: dict[str, Any],
+        expiration_s: float | None = None,  # noqa: ARG002 - broadcasts are kept until read
     ) -> None:
         with self._transaction():
             self._insert_broadcast(exchange, headers, body)

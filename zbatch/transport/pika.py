@@ -76,6 +76,25 @@ EXISTS_CACHE_S = 60.0
 MISSING_CACHE_S = 5.0
 
 
+def _queue_frames(qc: QueueChannel, items: list[Pending]) -> None:
+    """Queue every publish and ack (or requeue) of `items` on the channel, unsent.
+
+    Pika's channel under the blocking adapter: its publishes and acks are queued and go out
+    together with the commit (the blocking wrappers would flush the socket once per frame;
+    on a transactional channel they add nothing else).
+    """
+    frames = qc.channel._impl
+    for item in items:
+        for w in item.wires:
+            frames.basic_publish(
+                w.exchange, w.routing_key, w.body, w.properties, mandatory=w.mandatory
+            )
+        if item.requeue:
+            frames.basic_nack(item.delivery.tag, requeue=True)
+        else:
+            frames.basic_ack(item.delivery.tag)
+
+
 class PikaTransport(Transport):
     """One connection: a confirmed send channel plus one channel per queue received from.
 
@@ -255,19 +274,19 @@ class PikaTransport(Transport):
         """
         what = f"settling message {delivery.tag} from {delivery.queue!r}"
         qc = self._owning(delivery)  # refuse a stale delivery before checking routes
-        item = Pending(self._pika(delivery), settlement=Settlement(), then=then)
-        assert item.settlement is not None
+        settlement = Settlement()
+        item = Pending(self._pika(delivery), settlement=settlement, then=then)
         try:
             for outgoing in sends:
                 why = self._unroutable(outgoing)
                 if why is None:
-                    item.settlement.sent.append(outgoing)
+                    settlement.sent.append(outgoing)
                     item.wires.append(checked(wire(outgoing)))
                     continue
                 reason = f"{outgoing.what} undeliverable: {why}"
-                item.settlement.undeliverable.append((outgoing, reason))
+                settlement.undeliverable.append((outgoing, reason))
                 item.wires.append(checked(undeliverable_copy(delivery.queue, outgoing, reason)))
-            if item.settlement.undeliverable:
+            if settlement.undeliverable:
                 self._require_dlq(delivery)
         except pe.AMQPError as exc:  # a header AMQP cannot carry
             self._release(qc, [item])
@@ -280,7 +299,7 @@ class PikaTransport(Transport):
             qc.held.discard(delivery.tag)
         else:
             self._settle_now(item, what)
-        return item.settlement
+        return settlement
 
     # -- queue administration (tests, setup_broker, zbatch dlq) --------------------------------
 
@@ -381,20 +400,7 @@ class PikaTransport(Transport):
                     if self._owning(item.delivery) is not qc:
                         raise pe.ChannelWrongStateError("settled on another channel")
                 qc.returned.clear()
-                # Pika's channel under the blocking adapter: its publishes and acks are
-                # queued and go out together with the commit (the blocking wrappers would
-                # flush the socket once per frame; on a transactional channel they add
-                # nothing else).
-                frames = qc.channel._impl
-                for item in items:
-                    for w in item.wires:
-                        frames.basic_publish(
-                            w.exchange, w.routing_key, w.body, w.properties, mandatory=w.mandatory
-                        )
-                    if item.requeue:
-                        frames.basic_nack(item.delivery.tag, requeue=True)
-                    else:
-                        frames.basic_ack(item.delivery.tag)
+                _queue_frames(qc, items)
                 # A lost answer to this commit is not retried: had the commit happened, the
                 # messages are acked; had it not, the broker delivers them again. Either way
                 # each onward message goes out once.
@@ -437,7 +443,7 @@ class PikaTransport(Transport):
         try:
             if qc.channel.is_open:
                 qc.channel.tx_rollback()
-        except Exception:  # any failure here ends in closing the channel
+        except Exception:  # noqa: BLE001 - any failure here ends in closing the channel
             self._close_queue_channel(qc)
 
     def _release(self, qc: QueueChannel, items: list[Pending]) -> None:
@@ -460,7 +466,7 @@ class PikaTransport(Transport):
             for delivery in held:
                 qc.channel.basic_nack(delivery.tag, requeue=True)
             qc.channel.tx_commit()
-        except Exception:  # closing the channel requeues them just as well
+        except Exception:  # noqa: BLE001 - closing the channel requeues them just as well
             log.warning(
                 "closing the channel of %s to requeue %d message(s)", held[0].queue, len(held)
             )
@@ -487,7 +493,9 @@ class PikaTransport(Transport):
     def _pika(self, delivery: Delivery) -> PikaDelivery:
         if not isinstance(delivery, PikaDelivery):
             self._owning(delivery)  # raises: not one of ours
-        assert isinstance(delivery, PikaDelivery)
+            raise TransportError(
+                f"message {delivery.tag} is not a RabbitMQ delivery", transient=False
+            )
         return delivery
 
     def _unroutable(self, outgoing: Outgoing) -> str | None:
@@ -555,7 +563,7 @@ class PikaTransport(Transport):
         for back in returned:
             found = next(
                 (
-                    (item, o)
+                    (item, item.settlement, o)
                     for item in items
                     if item.settlement is not None
                     for o in item.settlement.sent
@@ -567,9 +575,8 @@ class PikaTransport(Transport):
             if found is None:  # a dead-letter copy came back: its DLQ was deleted
                 log.error("a dead letter was lost (%s): %s", back.routing_key, back.reply_text)
                 continue
-            item, outgoing = found
-            assert item.settlement is not None
-            item.settlement.sent.remove(outgoing)
+            item, settled, outgoing = found
+            settled.sent.remove(outgoing)
             w = wire(outgoing)
             self._known.pop(
                 ("exchange" if w.exchange else "queue", w.exchange or w.routing_key), None
@@ -578,7 +585,7 @@ class PikaTransport(Transport):
                 f"{outgoing.what} undeliverable: the broker could not route it to "
                 f"{outgoing.destination} ({back.reply_text})"
             )
-            item.settlement.undeliverable.append((outgoing, reason))
+            settled.undeliverable.append((outgoing, reason))
             copies.append(undeliverable_copy(item.delivery.queue, outgoing, reason))
             lost.append(reason)
         if not copies:
