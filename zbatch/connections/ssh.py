@@ -1,7 +1,7 @@
 """Run commands and move files on a remote host over one SSH connection.
 
 Every command sshd runs starts the user's login shell, and real login scripts are slow
-(150-170 ms here), so a connection keeps ONE remote shell open and feeds it one framed line
+(docs/benchmarks.md, SSH), so a connection keeps ONE remote shell open and feeds it one framed line
 per command. Each command runs as `( exec ARGV ) </dev/null >"$d/N.o" 2>"$d/N.e"`; the shell
 then prints the exit code and both files between markers carrying a random TAG
 (`frame_command` / `parse_reply`). Output travels raw when bash can read it with its `read`

@@ -1,10 +1,11 @@
 """Messages a job must send, kept on disk until the transport has taken them.
 
-Each message is appended (and fsynced) to a JSON-lines file before any send is tried; a
-flush sends them in order, retrying with backoff, and removes the file once all are sent.
+Each message is added to a JSON-lines file, rewritten whole under a new name and renamed
+over the old one (`atomic_write`: never half-written), before any send is tried; a flush
+sends them in order, retrying with backoff, and removes the file once all are sent.
 If the broker stays down the file remains: the tracker records its channels in the ledger as
-owed when the job ends, and a dispatcher sends them later (`zbatch.service.owed`), keeping its own
-progress in the ledger, never in this file: results are delayed, never dropped.
+owed when the job ends, and a dispatcher sends them later (zbatch/service/owed.py), keeping
+its own progress in the ledger, never in this file: results are delayed, never dropped.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The transport API: the base class owns routing and JSON; backends own small primitives.
 
-As in python-workflows, JSON conversion happens at one seam (`send_json`/`Delivery.json`),
+As in python-workflows, JSON conversion happens at one seam (`send_json` out; the consumers
+parse `Delivery.body` through zbatch/model/safejson.py),
 and a recipe step's destination (queue, topic, exchange, delay) is resolved in one place.
 """
 
