@@ -1,7 +1,8 @@
 """Recipes in the python-workflows JSON format: loading, validation and parameter substitution.
 
 The rules follow python-workflows' `workflows.recipe.Recipe` (tests/unit/model/test_recipe.py
-and tests/faults/test_zocalo_end_to_end.py hold zbatch to it), with one difference in spirit: every error names the node and the field, so a recipe author can fix it.
+and tests/faults/test_zocalo_end_to_end.py hold zbatch to it), with one difference in spirit:
+every error names the node and the field, so a recipe author can fix it.
 """
 
 from __future__ import annotations
