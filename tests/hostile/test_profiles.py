@@ -69,6 +69,26 @@ def test_profiles_check_refuses(
     assert str(tmp_path / "site.yaml") in line and expected in line, line
 
 
+# Connections that cannot work: refused by `profiles check`, not at the first submission.
+UNWORKABLE = [
+    (BASE + "connection: {type: drmaa}\n", "connection.type: drmaa reaches SGE only"),
+    (BASE + "connection: {type: ssh, user: gda2}\n", "connection.host: missing"),
+    (BASE + "connection: {type: ssh, host: login}\n", "zbatch_command: missing"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), UNWORKABLE, ids=["slurm-drmaa", "ssh-no-host", "ssh-no-zbatch"]
+)
+def test_profiles_check_refuses_an_unworkable_connection(
+    text: str, expected: str, tmp_path: Path, zbatch: ZbatchRun
+) -> None:
+    done = check(zbatch, tmp_path, text)
+    line = one_line_error(done)
+    assert done.returncode == 2, done
+    assert line.startswith(f"zbatch: error: {tmp_path / 'site.yaml'}: {expected}"), line
+
+
 def test_a_merge_may_still_override(tmp_path: Path) -> None:
     """Only keys written twice are refused: overriding a merged (`<<`) key is what merges do."""
     path = tmp_path / "site.yaml"
@@ -159,6 +179,7 @@ def test_template_dir_reached_through_a_link_into_an_open_folder_is_refused(
 
 def test_accept_unknown_hosts_is_a_warning(tmp_path: Path, zbatch: ZbatchRun) -> None:
     text = BASE + "connection: {type: ssh, host: login, accept_unknown_hosts: true}\n"
+    text += "zbatch_command: [/opt/zbatch/bin/zbatch]\n"
     done = check(zbatch, tmp_path, text)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("ok: ")

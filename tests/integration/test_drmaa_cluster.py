@@ -317,6 +317,28 @@ def test_session_is_shared_and_reopened(make_job: MakeJob, submitted: list[str])
         third.close()
 
 
+def test_a_job_of_another_session_is_followed_then_absent_never_unknown(
+    cluster: DrmaaCluster, make_job: MakeJob, submitted: list[str]
+) -> None:
+    """After a restart the session tracks jobs it did not submit: DRMAA reports them while
+    they run and not at all once they end (never "undetermined", which would stay UNKNOWN)."""
+    job = make_job(["sleep 2"])
+    cluster.local.put_files(job.staged_files())
+    out = subprocess.run(
+        ["qsub", "-terse", str(job.paths.script)], capture_output=True, text=True, check=True
+    )
+    job_id = out.stdout.strip()
+    submitted.append(job_id)
+    seen: list[JobState] = []
+    deadline = time.monotonic() + 90
+    while (status := cluster.statuses([job_id]).get(job_id)) is not None:
+        seen.append(status.state)
+        assert time.monotonic() < deadline, f"job {job_id} still reported: {seen[-5:]}"
+        time.sleep(0.3)
+    assert seen and set(seen) <= {JobState.PENDING, JobState.RUNNING}, seen
+    assert settle(None, record(job)) == Settled(JobState.SUCCEEDED, 0, "")
+
+
 def test_missing_tunable_fails_with_the_variables_to_set(tmp_path: Path) -> None:
     """Without GLIBC_TUNABLES libdrmaa cannot load; the error says what to set."""
     code = (

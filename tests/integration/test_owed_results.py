@@ -33,7 +33,7 @@ from zbatch.model.profiles import Profile, load_profile_file
 from zbatch.model.recipe import Recipe
 from zbatch.prepare.job_files import JobContext
 from zbatch.service.dispatcher import Dispatcher, DispatcherConfig
-from zbatch.service.ledger import ADDED_COLUMNS, Ledger, LedgerEntry, Owed
+from zbatch.service.ledger import COLUMNS, Ledger, LedgerEntry, Owed, Reported
 from zbatch.service.owed import Deliverer, owed_at_end
 from zbatch.transport.embedded import EmbeddedTransport
 
@@ -181,7 +181,7 @@ def test_kept_results_are_delivered_once_across_an_outage_and_restarts(
         assert per_queue[queue] == Counter(dict.fromkeys(ids, 1)), queue
     assert not per_queue["failed"]
     for entry in entries(third.ledger, messages):
-        assert entry.reported & 4 and not entry.owed_by and not entry.owed_error
+        assert entry.reported & Reported.OUTBOX and not entry.owed_by and not entry.owed_error
     assert json.loads(zbatch("status", "--json", "--no-refresh").stdout)[0]["owed"] == []
 
 
@@ -205,7 +205,7 @@ def test_failure_owed_by_a_silently_dead_job_is_reported_once_after_a_restart(
             d.track()
     assert delivered(flaky(second))["failed"] == {message.recipe_id: 1}
     (entry,) = entries(second.ledger, [message])
-    assert entry.reported & 2
+    assert entry.reported & Reported.FAILURE
 
 
 def owing_entry(ledger: Ledger, folder: Path) -> LedgerEntry:
@@ -217,7 +217,7 @@ def owing_entry(ledger: Ledger, folder: Path) -> LedgerEntry:
     key = step_key(message)
     claim(ledger, key, message_path=str(path), profile="test-local", workdir=str(folder))
     ledger.update(key, job_id="7", state=JobState.RUNNING.value)
-    assert ledger.settle(key, "failed", 1, "exit code 1", Owed((), "job 7 failed"))
+    assert ledger.settle(key, JobState.FAILED, 1, "exit code 1", Owed((), "job 7 failed"))
     entry = ledger.get(key)
     assert entry is not None
     return entry
@@ -258,8 +258,8 @@ def test_a_job_is_settled_once_whoever_polls(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "ledger.sqlite")
     claim(ledger, "k")
     ledger.update("k", job_id="1", state="running")
-    assert ledger.settle("k", "failed", 1, "", Owed(("success",), ""))
-    assert not ledger.settle("k", "failed", 1, "", Owed((), "job 1 failed"))
+    assert ledger.settle("k", JobState.FAILED, 1, "", Owed(("success",), ""))
+    assert not ledger.settle("k", JobState.FAILED, 1, "", Owed((), "job 1 failed"))
     entry = ledger.get("k")
     assert entry is not None and entry.owes == Owed(("success",), "")
 
@@ -285,10 +285,10 @@ def test_a_ledger_from_before_owed_results_is_migrated(tmp_path: Path) -> None:
         db.executescript(OLD_SCHEMA)
     ledgers = [Ledger(path), Ledger(path)]  # two processes opening it: both fine
     entry = ledgers[0].get("k")
-    assert entry is not None and entry.job_id == "42" and entry.reported == 1
+    assert entry is not None and entry.job_id == "42" and entry.reported == Reported.SUBMITTED
     assert not entry.owes and entry.owed_sent == 0
     columns = [r[1] for r in ledgers[1].db.execute("PRAGMA table_info(jobs)")]
-    assert columns[-len(ADDED_COLUMNS) :] == list(ADDED_COLUMNS)
+    assert columns == list(COLUMNS)
     assert list(ledgers[1].owing("p")) == []
 
 

@@ -107,6 +107,16 @@ def ended_status(
     return SchedulerStatus(job_id, JobState.FAILED, exit_code, f"exit code {exit_code}", raw)
 
 
+def _no_rusage(exc: BaseException) -> bool:
+    """DRMAA_ERRNO_NO_RUSAGE (code 24), known by its class, never by its message.
+
+    drmaa-python raises DRMAA error code N as the class at `drmaa.errors._ERRORS[N - 1]`; code
+    24 has no class of its own there and comes as the bare `Exception`, the only error raised
+    with exactly that class (a subclass, such as a ValueError from a defect, is not it).
+    """
+    return type(exc) is Exception
+
+
 def _number(text: str | None) -> int | None:
     try:
         return None if text is None else int(float(text))
@@ -131,8 +141,7 @@ class _SharedSession:
     """The process's one DRMAA session (DRMAA 1.0 allows one), counted by its users.
 
     `calls` admits one thread at a time into libdrmaa. SGE's library takes calls from many
-    threads, but measured here it then runs several times slower: 1000 submissions from 8
-    threads at once came to 60-90 jobs/s, one after another to 130-265 jobs/s.
+    threads, but runs several times slower then (figures in docs/benchmarks.md, DRMAA).
     """
 
     def __init__(self) -> None:
@@ -240,7 +249,14 @@ class DrmaaCluster(Cluster):
                     # while SGE deletes it (seen under load). Cancelled, not lost.
                     why = "deleted before start" if raw == "deleted" else "deleted on request"
                     found[job_id] = SchedulerStatus(job_id, JobState.CANCELLED, None, why, raw)
-                # Otherwise unknown or "undetermined": the exit record and qacct decide.
+                elif raw != "deleted":
+                    # "undetermined" or a state this table lacks: the job may still run, so
+                    # it is unknown (polled again), never absent (which the tracker settles).
+                    log.warning(
+                        "job %s: DRMAA state %r not understood, treated as unknown", job_id, raw
+                    )
+                    found[job_id] = SchedulerStatus(job_id, JobState.UNKNOWN, None, "", raw)
+                # Deleted (no one knows it any more): the exit record and qacct decide.
                 continue
             reason = "held" if "hold" in raw else "suspended" if "suspended" in raw else ""
             found[job_id] = (
@@ -255,20 +271,21 @@ class DrmaaCluster(Cluster):
         try:
             with _SHARED.calls:
                 info = self.session.wait(job_id, self.drmaa.Session.TIMEOUT_NO_WAIT)
-            status = ended_status(job_id, raw, info, lambda: self._quiet_detail(job_id))
         except self.drmaa.errors.DrmaaException as exc:
             log.warning("job %s: DRMAA wait failed (%s); state %s as reported", job_id, exc, raw)
             status = SchedulerStatus(job_id, STATES[raw], None, "", raw)
         except Exception as exc:
-            # drmaa-python raises NO_RUSAGE (code 24) as a bare Exception. The job was deleted
-            # while pending, or it ran but the session lost its usage in a qmaster restart:
-            # only qacct, which has a record for every job that ran, tells them apart.
-            if not str(exc).startswith("code 24:"):
+            if not _no_rusage(exc):
                 raise
+            # The job was deleted while pending, or it ran but the session lost its usage in a
+            # qmaster restart: only qacct, which has a record for every job that ran, tells
+            # them apart.
             never_ran = SchedulerStatus(
                 job_id, JobState.CANCELLED, None, "deleted before start", raw
             )
             status = self._quiet_detail(job_id) or never_ran
+        else:
+            status = ended_status(job_id, raw, info, lambda: self._quiet_detail(job_id))
         self.ended[job_id] = status
         while len(self.ended) > _ENDED_KEPT:
             self.ended.popitem(last=False)

@@ -21,6 +21,11 @@ _RECORD_SIGNALS = frozenset({"", "TERM", "INT", "USR1", "USR2", "KILL", "HUP"})
 
 
 class JobState(enum.StrEnum):
+    """A step's state; the values are what the ledger stores (never change one)."""
+
+    # Claimed in the ledger, not yet accepted by the scheduler (no job id): zbatch's own state,
+    # never a scheduler's.
+    SUBMITTING = "submitting"
     PENDING = "pending"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -34,7 +39,13 @@ class JobState(enum.StrEnum):
 
     @property
     def final(self) -> bool:
-        return self not in (JobState.PENDING, JobState.RUNNING, JobState.UNKNOWN)
+        """Ended: the state will not change any more."""
+        return self not in (
+            JobState.SUBMITTING,
+            JobState.PENDING,
+            JobState.RUNNING,
+            JobState.UNKNOWN,
+        )
 
 
 @dataclass(frozen=True)
@@ -93,10 +104,6 @@ class JobPaths:
         return self._file(".exit")
 
     @property
-    def result_record(self) -> Path:
-        return Path(result_record_path(str(self.recipewrapper)))
-
-    @property
     def recipewrapper(self) -> Path:
         return self._file(".recipewrap.json")
 
@@ -118,6 +125,13 @@ class PreparedJob:
     paths: JobPaths
     script: str
     files: dict[Path, str] = field(default_factory=dict)
+    # The step message among `files` (`$RECIPEWRAP`): the step's `recipewrapper` parameter
+    # can move it from its default place, `paths.recipewrapper`.
+    message_file: Path | None = None
+
+    @property
+    def message_path(self) -> Path:
+        return self.message_file or self.paths.recipewrapper
 
     def staged_files(self) -> list[FileToPut]:
         """What to write before submitting: the step's files (0600), then the script (0700):

@@ -22,7 +22,9 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from zbatch.errors import ParameterError, ProfileError
 from zbatch.model import safety
@@ -56,6 +58,10 @@ class ConnectionConfig(_Strict):
     connect_timeout_s: float = Field(default=10, gt=0)
     command_timeout_s: float = Field(default=60, gt=0)
     remote_shell: str = "bash"
+    # The host runs this machine's zbatch at the same path (a shared software file system, or
+    # this machine itself): jobs then call back the dispatcher's own interpreter, and the
+    # profile needs no zbatch_command.
+    shares_installation: bool = False
     # SSH connections opened at most, each with its own remote shell, for concurrent commands:
     # as many as the dispatcher's default --workers, so no submission waits for a shell.
     pool_size: int = Field(default=8, ge=1, le=64)
@@ -108,6 +114,9 @@ class Resources(_Strict):
     sge_memory: Literal["h_vmem", "m_mem_free", "mem_free"] | None = "h_vmem"
     sge_parallel_environment: Name = "smp"
     sge_gpu_resource: Name = "gpu"
+    # The boolean complex an exclusive job asks for (`-l <name>=true`); sites name it
+    # differently (`excl`, `exclusive`).
+    sge_exclusive: Name = "exclusive"
 
 
 class LocalConfig(_Strict):
@@ -200,6 +209,42 @@ class Profile(_Strict):
             raise ValueError(f"{problem}, so any user could change the job scripts: fix its mode")
         return value
 
+    @model_validator(mode="after")
+    def _workable_connection(self) -> Profile:
+        """Refuse connections that could only fail (or pick another scheduler) at submit time."""
+        connection = self.connection
+        if connection.type == "drmaa" and self.scheduler != "sge":
+            # DrmaaCluster drives SGE's libdrmaa: any other scheduler would silently be SGE.
+            raise _setting_error(
+                "connection.type",
+                f"drmaa reaches SGE only (SGE's libdrmaa), not {self.scheduler}: "
+                "set scheduler: sge, or connection.type: local or ssh",
+            )
+        if connection.type != "ssh":
+            return self
+        if not connection.host:
+            raise _setting_error(
+                "connection.host",
+                "missing: connection.type ssh needs the login node to reach; "
+                "add connection.host: <its name>",
+            )
+        if not self.zbatch_command and not connection.shares_installation:
+            # Jobs call zbatch back (`zbatch wrap`); without this they would be given this
+            # machine's interpreter path, which means nothing on another host.
+            host = connection.host if connection.host.isprintable() else repr(connection.host)
+            raise _setting_error(
+                "zbatch_command",
+                f"missing: jobs on {host} run zbatch there, not this machine's; "
+                f"add zbatch_command: [<path of zbatch on {host}>], or "
+                "connection.shares_installation: true if it runs this installation",
+            )
+        return self
+
+
+def _setting_error(key: str, message: str) -> PydanticCustomError:
+    """An error about a combination of settings, reported under `key` (see _format_error)."""
+    return PydanticCustomError("profile_setting", "{message}", {"key": key, "message": message})
+
 
 def _valid(check: Callable[..., str], *args: Any, **kwargs: Any) -> None:
     """Run a safety check inside a validator: pydantic reports ValueErrors with the key."""
@@ -244,6 +289,8 @@ def _format_error(source: str, error: ValidationError) -> str:
     key = ".".join(
         str(part) if safety.NAME.fullmatch(str(part)) else repr(part) for part in first["loc"]
     )
+    if first["type"] == "profile_setting":  # a combination, named by the key to change
+        key = str(first.get("ctx", {}).get("key", key))
     key = key or "(top level)"
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":

@@ -200,4 +200,6 @@ def prepare_job(message: StepMessage, profile: Profile, context: JobContext) -> 
     else:
         raise ParameterError(f"step {message.pointer}: names neither a wrapper nor commands")
     spec = dataclasses.replace(spec, command=command, marker=step_key(message))
-    return PreparedJob(spec, paths, render_script(profile, spec, paths), files)
+    return PreparedJob(
+        spec, paths, render_script(profile, spec, paths), files, message_file=recipewrapper
+    )

@@ -29,19 +29,16 @@ from zbatch.model.jobs import JobState
 from zbatch.model.message import StepMessage, internal_reason, is_recipe_message
 from zbatch.model.profiles import Profile
 from zbatch.prepare.job_files import JobContext
-from zbatch.service.ledger import Ledger, LedgerEntry
+from zbatch.service.ledger import Ledger, LedgerEntry, Reported
 from zbatch.service.metrics import DispatcherMetrics
 from zbatch.service.outage import HandedBack, OutageGate, is_unavailability
-from zbatch.service.owed import SENT_FAILURE, SENT_OUTBOX, Deliverer
+from zbatch.service.owed import Deliverer
 from zbatch.service.submitter import RECOVERY_GRACE_S, Submitted, Submitter
 from zbatch.service.tracker import Settled, Tracker
 from zbatch.transport.base import Delivery, Settlement, Transport, onward_outgoing
 
 log = logging.getLogger(__name__)
 
-NOTIFIED_SUBMITTED = 1  # ledger `reported` bits
-NOTIFIED_OUTCOME = SENT_FAILURE
-NOTIFIED_OUTBOX = SENT_OUTBOX
 # Owed results: at most this many steps per turn of the loop (intake goes on between), and
 # the longest wait between tries while the broker is down.
 OWED_PER_CYCLE = 100
@@ -186,17 +183,6 @@ class Dispatcher:
             self.outcomes[self._settle_safely(job, result)] += 1
         return len(done)
 
-    def handle(self, delivery: Delivery) -> str:
-        """Process one message start to end in this thread; returns what became of it."""
-        job = self._accept(delivery)
-        if not isinstance(job, InFlight):
-            return job
-        try:
-            result: Submitted | BaseException = self._submit_with_retries(job.message)
-        except Exception as exc:
-            result = exc
-        return self._settle_safely(job, result)
-
     def _accept(self, delivery: Delivery) -> InFlight | str:
         """Check a message before submitting; dead-letter it when it cannot be a step."""
         self.metrics.received.inc()
@@ -227,7 +213,7 @@ class Dispatcher:
             raise
         except ZbatchError as exc:
             return self._dead_letter(delivery, str(exc), "malformed")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - no message may stop the dispatcher
             return self._internal_error(delivery, exc)
         return InFlight(delivery, message, time.monotonic())
 
@@ -247,7 +233,7 @@ class Dispatcher:
                 return self._settle(job, result)
             except TransportError:
                 raise
-            except Exception as exc:  # e.g. the ledger failing while noting job_submitted
+            except Exception as exc:  # noqa: BLE001 - e.g. the ledger failing on job_submitted
                 return self._internal_error(job.delivery, exc)
         except TransportError as exc:
             # The transport does not keep a message it failed to settle (its connection or
@@ -392,7 +378,7 @@ class Dispatcher:
                 # Read afresh: a duplicate settled after its twin carries a stale snapshot.
                 # (A new claim's own snapshot is fresh: only a settled twin sets the bit.)
                 entry = self.ledger.get(entry.key) or entry
-            if not entry.reported & NOTIFIED_SUBMITTED:
+            if not entry.reported & Reported.SUBMITTED:
                 payload = {"jobid": entry.job_id, "scheduler": entry.scheduler}
                 what = f"job_submitted notice for job {entry.job_id}"
                 notices = onward_outgoing(message, "job_submitted", payload, what)
@@ -406,7 +392,7 @@ class Dispatcher:
             if notices:  # only now: had the unit not happened, the redelivery must send it
                 # Other bits (the outcome's) may have been set since the snapshot: keep them.
                 fresh = self.ledger.get(entry.key) or entry
-                self.ledger.update(entry.key, reported=fresh.reported | NOTIFIED_SUBMITTED)
+                self.ledger.update(entry.key, reported=fresh.reported | Reported.SUBMITTED)
 
         self.transport.settle(job.delivery, notices, committed)
 
@@ -423,7 +409,7 @@ class Dispatcher:
         """Poll the cluster (one query) when due, in the background: a status query for
         thousands of jobs takes the scheduler a while (0.45 s for 1000 on the test Slurm),
         and this thread must keep feeding the workers meanwhile. Delivers, from this thread,
-        what ended steps still owe (`zbatch.service.owed`): those the last poll settled, and any
+        what ended steps still owe (owed.py): those the last poll settled, and any
         left owed before, by this process, a replica, or one that has since stopped."""
         self._deliver_owed()
         polling = self._polling
@@ -441,7 +427,7 @@ class Dispatcher:
             self._deliver_owed()
         counts = Tally(e.state for e in self.tracker.active())
         for state in JobState:
-            self.metrics.jobs.labels(state.value).set(counts.get(state.value, 0))
+            self.metrics.jobs.labels(state.value).set(counts.get(state, 0))
 
     def _deliver_owed(self) -> None:
         """Deliver what ended steps owe, when due: every poll interval, and with backoff

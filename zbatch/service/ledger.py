@@ -4,26 +4,61 @@ A step is claimed (state `submitting`) before the scheduler sees it and updated 
 id once accepted, so a redelivered message for a claimed step is recognised, not resubmitted.
 When its job ends, the outcome is recorded once, with what the step still owes its recipe
 (`owed`: messages its job could not send, or zbatch's own failure report) and, while those
-are delivered (`zbatch.service.owed`), who is sending them and how far they got.
+are delivered (owed.py), who is sending them and how far they got.
+
+The file's schema has a version (`PRAGMA user_version`, SCHEMA_VERSION): a ledger written by
+an older zbatch is migrated when it is opened, one written by a newer zbatch is refused.
+Columns are always named (COLUMNS), never taken by position.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from zbatch.errors import ZbatchError
 from zbatch.model.jobs import JobState
 from zbatch.paths import create_private, default_state_dir, make_dirs
 
-# Columns added since the first release, with their definitions: a ledger file written by an
-# older zbatch gets them (ALTER TABLE ADD COLUMN) when it is opened.
-ADDED_COLUMNS = {
+# The ledger file's schema version. Any change to the table (a column, an index, a new state
+# or `reported` bit an older zbatch would misread) raises it, with a step in `_migrate`.
+#   0: before versioning (zbatch up to 9cfe679); the owed columns came late within it.
+#   1: the same table, versioned.
+SCHEMA_VERSION = 1
+
+# Every column of the `jobs` table with its definition, in table order: the table, every
+# SELECT and every LedgerEntry (field for field, by name) come from this one list.
+COLUMNS: dict[str, str] = {
+    "key": "TEXT PRIMARY KEY",
+    "recipe_id": "TEXT NOT NULL",
+    "pointer": "INTEGER NOT NULL",
+    "profile": "TEXT NOT NULL",
+    # The profile file the step was submitted with (`zbatch status` polls through it).
+    "profile_source": "TEXT NOT NULL",
+    "scheduler": "TEXT NOT NULL",
+    "job_name": "TEXT NOT NULL",
+    "job_id": "TEXT",
+    # A JobState value.
+    "state": "TEXT NOT NULL",
+    "exit_code": "INTEGER",
+    "reason": "TEXT NOT NULL DEFAULT ''",
+    "workdir": "TEXT NOT NULL",
+    "tag": "TEXT NOT NULL",
+    "message_path": "TEXT NOT NULL",
+    # Who holds the submission claim (host:pid, or host:pid:thread:uncertain).
+    "claimed_by": "TEXT NOT NULL DEFAULT ''",
+    # Reported bits: which of the step's notices are sent.
+    "reported": "INTEGER NOT NULL DEFAULT 0",
+    "cancel_requested": "INTEGER NOT NULL DEFAULT 0",
+    "submitted_at": "REAL",
+    "updated_at": "REAL NOT NULL",
     # What the step still owes its recipe (Owed as JSON; '' when nothing is owed).
     "owed": "TEXT NOT NULL DEFAULT ''",
     # How many sends of the first owed part (outbox, then failure report) are done.
@@ -34,37 +69,32 @@ ADDED_COLUMNS = {
     # Why the last try did not deliver them (shown by `zbatch status`).
     "owed_error": "TEXT NOT NULL DEFAULT ''",
 }
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    key TEXT PRIMARY KEY,
-    recipe_id TEXT NOT NULL,
-    pointer INTEGER NOT NULL,
-    profile TEXT NOT NULL,
-    profile_source TEXT NOT NULL,
-    scheduler TEXT NOT NULL,
-    job_name TEXT NOT NULL,
-    job_id TEXT,
-    state TEXT NOT NULL,
-    exit_code INTEGER,
-    reason TEXT NOT NULL DEFAULT '',
-    workdir TEXT NOT NULL,
-    tag TEXT NOT NULL,
-    message_path TEXT NOT NULL,
-    claimed_by TEXT NOT NULL DEFAULT '',
-    reported INTEGER NOT NULL DEFAULT 0,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    submitted_at REAL,
-    updated_at REAL NOT NULL,
-    {added}
-);
-""".format(added=",\n    ".join(f"{name} {kind}" for name, kind in ADDED_COLUMNS.items()))
-INDEXES = """
-CREATE INDEX IF NOT EXISTS jobs_active ON jobs (state, profile);
-CREATE INDEX IF NOT EXISTS jobs_job_id ON jobs (job_id);
-CREATE INDEX IF NOT EXISTS jobs_owed ON jobs (profile, updated_at) WHERE owed != '';
-"""
-SUBMITTING = "submitting"
-ACTIVE = (SUBMITTING, JobState.PENDING.value, JobState.RUNNING.value, JobState.UNKNOWN.value)
+# Version 0 ledgers written before owed results lack these (they are added on migration).
+V0_LATE_COLUMNS = ("owed", "owed_sent", "owed_by", "owed_until", "owed_error")
+SELECT = f"SELECT {', '.join(COLUMNS)} FROM jobs"  # noqa: S608 - fixed names
+CREATE_TABLE = "CREATE TABLE IF NOT EXISTS jobs (\n    {}\n)".format(
+    ",\n    ".join(f"{name} {kind}" for name, kind in COLUMNS.items())
+)
+CREATE_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS jobs_active ON jobs (state, profile)",
+    "CREATE INDEX IF NOT EXISTS jobs_job_id ON jobs (job_id)",
+    "CREATE INDEX IF NOT EXISTS jobs_owed ON jobs (profile, updated_at) WHERE owed != ''",
+)
+# States in which a step's job may still change: the tracker polls these.
+ACTIVE = tuple(state for state in JobState if not state.final)
+
+
+class Reported(enum.IntFlag):
+    """Which of a step's notices are sent (the `reported` column; the values are on disk)."""
+
+    NOTHING = 0
+    SUBMITTED = 1  # the job_submitted notice
+    FAILURE = 2  # zbatch's own failure report, for a job that ended without its wrapper's
+    OUTBOX = 4  # every message of the job's outbox
+
+
+class LedgerError(ZbatchError):
+    """A ledger file this zbatch cannot use (written by a newer zbatch, or not a ledger)."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +137,8 @@ class Owed:
 
 @dataclass(frozen=True)
 class LedgerEntry:
+    """One row of the ledger; its fields are COLUMNS, by name."""
+
     key: str
     recipe_id: str
     pointer: int
@@ -115,34 +147,31 @@ class LedgerEntry:
     scheduler: str
     job_name: str
     job_id: str | None
-    state: str
+    state: JobState
     exit_code: int | None
     reason: str
     workdir: str
     tag: str
     message_path: str
     claimed_by: str
-    reported: int
+    reported: Reported
     cancel_requested: int
     submitted_at: float | None
     updated_at: float
-    owed: str = ""
-    owed_sent: int = 0
-    owed_by: str = ""
-    owed_until: float = 0.0
-    owed_error: str = ""
+    owed: str
+    owed_sent: int
+    owed_by: str
+    owed_until: float
+    owed_error: str
 
     @property
     def active(self) -> bool:
-        return self.state in ACTIVE
+        return not self.state.final
 
     @property
     def owes(self) -> Owed:
         """The messages this step still owes its recipe (empty when all are delivered)."""
         return Owed.parse(self.owed)
-
-
-COLUMNS = ", ".join(f.name for f in fields(LedgerEntry))
 
 
 class Ledger:
@@ -156,48 +185,86 @@ class Ledger:
             self.path, timeout=30, isolation_level=None, check_same_thread=False
         )
         self.lock = threading.RLock()
-        self.db.execute("PRAGMA journal_mode=WAL")
-        # Only a claim must survive a power cut (it is what stops a redelivered step from being
-        # submitted twice), so only claims wait for fsync; other writes reach the disk with the
-        # next claim, and any of them lost is rebuilt from the claim and the job's marker.
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
-        self._add_missing_columns()
-        self.db.executescript(INDEXES)
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            # Only a claim must survive a power cut (it is what stops a redelivered step from
+            # being submitted twice), so only claims wait for fsync; other writes reach the
+            # disk with the next claim, and any of them lost is rebuilt from the claim and the
+            # job's marker.
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self._upgrade()
+        except BaseException:
+            self.db.close()
+            raise
 
-    def _add_missing_columns(self) -> None:
-        """Bring a ledger written by an older zbatch up to date (other processes may be
-        opening it at the same moment: the check and the change are one transaction)."""
+    def _version(self) -> int:
+        version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise LedgerError(
+                f"ledger {self.path} has schema version {version}, newer than this zbatch "
+                f"knows ({SCHEMA_VERSION}): it was written by a newer zbatch; use that one"
+            )
+        return version
+
+    def _upgrade(self) -> None:
+        """Create the schema, or bring a ledger written by an older zbatch up to date: in one
+        transaction, taken before the version is read again, as other processes may be
+        opening the same file at the same moment."""
         with self.lock:
-            if not self._missing_columns():
+            if self._version() == SCHEMA_VERSION:
                 return
             self.db.execute("BEGIN IMMEDIATE")
             try:
-                for name in self._missing_columns():
-                    self.db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {ADDED_COLUMNS[name]}")
+                version = self._version()
+                if version < SCHEMA_VERSION:
+                    self._migrate(version)
+                    self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
                 raise
 
-    def _missing_columns(self) -> list[str]:
-        have = {row[1] for row in self.db.execute("PRAGMA table_info(jobs)")}
-        return [name for name in ADDED_COLUMNS if name not in have]
+    def _migrate(self, version: int) -> None:
+        """Each step from `version` on, in the caller's transaction (no executescript: it
+        would commit). A new file is version 0 with no table."""
+        if version == 0:
+            self._from_v0()
+
+    def _from_v0(self) -> None:
+        have = self._columns()
+        if not have:
+            self.db.execute(CREATE_TABLE)
+        else:  # written before versioning; the owed columns may be missing
+            for name in V0_LATE_COLUMNS:
+                if name not in have:
+                    self.db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {COLUMNS[name]}")
+        missing = [name for name in COLUMNS if name not in self._columns()]
+        if missing:
+            raise LedgerError(
+                f"ledger {self.path}: its jobs table lacks {', '.join(missing)}: "
+                "it is not a zbatch ledger, or one too old to migrate"
+            )
+        for statement in CREATE_INDEXES:
+            self.db.execute(statement)
+
+    def _columns(self) -> set[str]:
+        return {row[1] for row in self.db.execute("PRAGMA table_info(jobs)")}
 
     def close(self) -> None:
         self.db.close()
 
     def _run(
         self, sql: str, args: Sequence[Any] = (), durable: bool = False
-    ) -> tuple[int, list[tuple[Any, ...]]]:
-        """One statement under the lock: (rows changed, rows returned). `durable`: on disk
-        (fsync) when this returns, with every write before it."""
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """One statement under the lock: (rows changed, rows returned, by column name).
+        `durable`: on disk (fsync) when this returns, with every write before it."""
         with self.lock:
             if durable:
                 self.db.execute("PRAGMA synchronous=FULL")
             try:
                 cursor = self.db.execute(sql, args)
-                return cursor.rowcount, cursor.fetchall()
+                names = [column[0] for column in cursor.description or ()]
+                return cursor.rowcount, [dict(zip(names, row, strict=True)) for row in cursor]
             finally:
                 if durable:
                     self.db.execute("PRAGMA synchronous=NORMAL")
@@ -205,7 +272,7 @@ class Ledger:
     def claim(self, key: str, **fields: Any) -> LedgerEntry | None:
         """Record a step before submitting it; returns the existing entry if already claimed."""
         now = time.time()
-        row = {"key": key, "state": SUBMITTING, "updated_at": now, **fields}
+        row = _checked({"key": key, "state": JobState.SUBMITTING, "updated_at": now, **fields})
         columns = ", ".join(row)
         marks = ", ".join("?" for _ in row)
         changed, _ = self._run(
@@ -216,7 +283,7 @@ class Ledger:
         return None if changed == 1 else self.get(key)
 
     def update(self, key: str, **fields: Any) -> None:
-        fields["updated_at"] = time.time()
+        fields = _checked({**fields, "updated_at": time.time()})
         assignments = ", ".join(f"{name} = ?" for name in fields)
         self._run(
             f"UPDATE jobs SET {assignments} WHERE key = ?",  # noqa: S608 - fixed names
@@ -228,11 +295,13 @@ class Ledger:
         changed, _ = self._run(
             "UPDATE jobs SET claimed_by = ?, updated_at = ? "
             "WHERE key = ? AND state = ? AND claimed_by = ? AND updated_at = ?",
-            (claimant, time.time(), key, SUBMITTING, entry.claimed_by, entry.updated_at),
+            (claimant, time.time(), key, JobState.SUBMITTING, entry.claimed_by, entry.updated_at),
         )
         return changed == 1
 
-    def settle(self, key: str, state: str, exit_code: int | None, reason: str, owed: Owed) -> bool:
+    def settle(
+        self, key: str, state: JobState, exit_code: int | None, reason: str, owed: Owed
+    ) -> bool:
         """Record a job's outcome and what it owes its recipe, in one write and only once:
         False when another tracker (a replica, `zbatch status`) settled it first."""
         marks = ",".join("?" * len(ACTIVE))
@@ -240,7 +309,7 @@ class Ledger:
             "UPDATE jobs SET state = ?, exit_code = ?, reason = ?, owed = ?, owed_sent = 0, "  # noqa: S608 - fixed names
             "owed_by = '', owed_until = 0, owed_error = '', updated_at = ? "
             f"WHERE key = ? AND state IN ({marks})",
-            (state, exit_code, reason, owed.dump(), time.time(), key, *ACTIVE),
+            (JobState(state), exit_code, reason, owed.dump(), time.time(), key, *ACTIVE),
             durable=bool(owed),
         )
         return changed == 1
@@ -248,9 +317,7 @@ class Ledger:
     def owing(self, profile: str) -> list[LedgerEntry]:
         """The steps of `profile` that still owe messages, in the order they ended."""
         _, rows = self._run(
-            f"SELECT {COLUMNS} FROM jobs WHERE owed != '' AND profile = ? "  # noqa: S608
-            "ORDER BY updated_at",
-            (profile,),
+            f"{SELECT} WHERE owed != '' AND profile = ? ORDER BY updated_at", (profile,)
         )
         return [self._entry(row) for row in rows]
 
@@ -275,7 +342,7 @@ class Ledger:
         owed: Owed,
         sent: int,
         lease_s: float,
-        reported: int = 0,
+        reported: Reported = Reported.NOTHING,
         error: str = "",
     ) -> bool:
         """After each message sent: what is still owed and how many outbox sends are done,
@@ -286,7 +353,16 @@ class Ledger:
         changed, _ = self._run(
             "UPDATE jobs SET owed = ?, owed_sent = ?, owed_by = ?, owed_until = ?, "
             "owed_error = ?, reported = reported | ? WHERE key = ? AND owed_by = ?",
-            (owed.dump(), sent, claimant if owed else "", until, error, reported, key, claimant),
+            (
+                owed.dump(),
+                sent,
+                claimant if owed else "",
+                until,
+                error,
+                Reported(reported),
+                key,
+                claimant,
+            ),
             durable=True,
         )
         return changed == 1
@@ -301,14 +377,22 @@ class Ledger:
 
     def release(self, key: str) -> None:
         """Forget a claim whose submission certainly failed, so a retry may submit again."""
-        self._run("DELETE FROM jobs WHERE key = ? AND state = ?", (key, SUBMITTING))
+        self._run("DELETE FROM jobs WHERE key = ? AND state = ?", (key, JobState.SUBMITTING))
 
     def get(self, key: str) -> LedgerEntry | None:
-        _, rows = self._run(f"SELECT {COLUMNS} FROM jobs WHERE key = ?", (key,))  # noqa: S608
+        _, rows = self._run(f"{SELECT} WHERE key = ?", (key,))
         return self._entry(rows[0]) if rows else None
 
-    def _entry(self, row: tuple[Any, ...]) -> LedgerEntry:
-        return LedgerEntry(*row)
+    def _entry(self, row: dict[str, Any]) -> LedgerEntry:
+        values = {name: row[name] for name in COLUMNS}
+        try:
+            state = JobState(values["state"])
+        except ValueError:
+            raise LedgerError(
+                f"ledger {self.path}: step {values['key']} has state {values['state']!r}, "
+                "unknown to this zbatch"
+            ) from None
+        return LedgerEntry(**{**values, "state": state, "reported": Reported(values["reported"])})
 
     def find(
         self,
@@ -317,7 +401,7 @@ class Ledger:
         profile: str | None = None,
         owed_only: bool = False,
     ) -> Iterator[LedgerEntry]:
-        query = f"SELECT {COLUMNS} FROM jobs WHERE 1=1"  # noqa: S608 - fixed names
+        query = f"{SELECT} WHERE 1=1"
         if owed_only:
             query += " AND owed != ''"
         args: list[Any] = []
@@ -334,3 +418,16 @@ class Ledger:
         _, rows = self._run(query + " ORDER BY updated_at", args)
         for row in rows:
             yield self._entry(row)
+
+
+def _checked(fields: dict[str, Any]) -> dict[str, Any]:
+    """Values to write, by column: names must be columns, a state a JobState, `reported` bits
+    Reported (ValueError otherwise: the caller is at fault, not the file)."""
+    unknown = [name for name in fields if name not in COLUMNS]
+    if unknown:
+        raise ValueError(f"ledger: no column {', '.join(unknown)}")
+    if "state" in fields:
+        fields["state"] = JobState(fields["state"])
+    if "reported" in fields:
+        fields["reported"] = Reported(fields["reported"])
+    return fields

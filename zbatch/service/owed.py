@@ -25,7 +25,7 @@ from zbatch.errors import TransportError, ZbatchError
 from zbatch.injob.outbox import Outbox
 from zbatch.model.jobs import JobState, outbox_path
 from zbatch.model.message import StepMessage
-from zbatch.service.ledger import Ledger, LedgerEntry, Owed
+from zbatch.service.ledger import Ledger, LedgerEntry, Owed, Reported
 from zbatch.service.submitter import worker_id, wrapper_reported
 from zbatch.transport.base import Transport
 
@@ -34,9 +34,6 @@ log = logging.getLogger(__name__)
 # A claim on a step's owed messages lapses this long after its holder's last send, so that a
 # holder killed mid-send is replaced; a holder that died on this host is replaced at once.
 LEASE_S = 300.0
-# `reported` bits (the dispatcher's NOTIFIED_OUTCOME and NOTIFIED_OUTBOX).
-SENT_FAILURE = 2
-SENT_OUTBOX = 4
 _OUTCOMES = ("success", "failure")
 # A step whose delivery failed for a reason of its own is tried again after this long,
 # doubling per failure up to the cap (the broker being down is the caller's business).
@@ -166,7 +163,7 @@ class Deliverer:
             if exc.transient:
                 raise
             self._failed(held, exc)
-        except Exception as exc:  # a file that cannot be read, or a defect: this step only
+        except Exception as exc:  # noqa: BLE001 - an unreadable file or a defect: this step only
             self.ledger.release_owed(entry.key, self.claimant, f"not delivered: {exc}")
             self._failed(held, exc)
         except BaseException:
@@ -208,7 +205,7 @@ class Deliverer:
                 sent += 1
                 if sent < len(targets):
                     self._record(entry, owed, sent)
-            self._record(entry, Owed(), 0, SENT_FAILURE)
+            self._record(entry, Owed(), 0, Reported.FAILURE)
             log.info("job %s: reported its failure: %s", entry.job_id, owed.failure)
 
     def _send_outbox(self, entry: LedgerEntry, owed: Owed, sent: int) -> None:
@@ -230,7 +227,7 @@ class Deliverer:
             sent += 1
             if sent < len(sends):
                 self._record(entry, Owed(box.channels_after(sent), owed.failure), sent)
-        self._record(entry, Owed((), owed.failure), 0, SENT_OUTBOX)
+        self._record(entry, Owed((), owed.failure), 0, Reported.OUTBOX)
         log.info(
             "job %s: sent the messages its wrapper had kept in %s (%d send(s))",
             entry.job_id,
@@ -238,7 +235,9 @@ class Deliverer:
             sent - first,
         )
 
-    def _record(self, entry: LedgerEntry, owed: Owed, sent: int, reported: int = 0) -> None:
+    def _record(
+        self, entry: LedgerEntry, owed: Owed, sent: int, reported: Reported = Reported.NOTHING
+    ) -> None:
         if not self.ledger.record_delivery(
             entry.key, self.claimant, owed, sent, self.lease_s, reported
         ):

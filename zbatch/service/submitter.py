@@ -54,7 +54,7 @@ class Submitter:
         """Raises ZbatchError when the step is malformed or the cluster refuses it."""
         job = prepare_job(message, self.profile, self.context)
         key = step_key(message)
-        recipewrapper = next(iter(job.files))
+        recipewrapper = job.message_path
         existing = self.ledger.claim(
             key,
             recipe_id=message.recipe_id,
@@ -90,9 +90,7 @@ class Submitter:
             else:
                 self.ledger.release(key)
             raise
-        self.ledger.update(
-            key, job_id=job_id, state=JobState.PENDING.value, submitted_at=time.time()
-        )
+        self.ledger.update(key, job_id=job_id, state=JobState.PENDING, submitted_at=time.time())
         log.info(
             "job %s: step %s/%d submitted to %s",
             job_id,
@@ -101,7 +99,8 @@ class Submitter:
             self.profile.name,
         )
         entry = self.ledger.get(key)
-        assert entry is not None
+        if entry is None:
+            raise ZbatchError(f"ledger {self.ledger.path}: step {key} vanished once recorded")
         return Submitted(entry, True)
 
     def _recover(self, entry: LedgerEntry, own: bool = False) -> Submitted | None:
@@ -132,7 +131,7 @@ class Submitter:
                 entry.pointer,
             )
             self.ledger.update(
-                entry.key, job_id=job_id, state=JobState.PENDING.value, submitted_at=time.time()
+                entry.key, job_id=job_id, state=JobState.PENDING, submitted_at=time.time()
             )
             updated = self.ledger.get(entry.key)
             return Submitted(updated or entry, False)

@@ -37,6 +37,20 @@ class Settled:
     reason: str
 
 
+def as_requested(settled: Settled, cancel_requested: bool, has_record: bool) -> Settled:
+    """A cancellation only when zbatch was asked for one."""
+    if settled.state is JobState.CANCELLED and not cancel_requested and not has_record:
+        # Nobody asked zbatch to cancel it: the job was killed (SGE reports a kill -9 and
+        # a qdel alike), which is a failure of the job, not a user's cancellation.
+        code = settled.exit_code if settled.exit_code is not None else 137
+        return Settled(JobState.FAILED, code, f"killed ({settled.reason or 'signal'})")
+    if cancel_requested and settled.state in (JobState.FAILED, JobState.LOST):
+        # Asked to cancel, then ended badly: SGE's -notify warning signal often ends the
+        # job before qdel's kill, and a job deleted while pending leaves no accounting.
+        return Settled(JobState.CANCELLED, settled.exit_code, "cancelled on request")
+    return settled
+
+
 def settle(
     status: SchedulerStatus | None, record: ExitRecord | None, detail: SchedulerStatus | None = None
 ) -> Settled | None:
@@ -150,12 +164,13 @@ class Tracker:
     def _settle_one(
         self, entry: LedgerEntry, statuses: dict[str, SchedulerStatus]
     ) -> tuple[LedgerEntry, Settled] | None:
-        assert entry.job_id is not None
+        if entry.job_id is None:  # only entries with a job id are polled (Ledger.active)
+            return None
         status = statuses.get(entry.job_id)
         # COMPLETING counts as running: settling then would miss a TIMEOUT Slurm has yet to show.
         if status is not None and not status.state.final:
-            if status.state.value != entry.state:
-                self.ledger.update(entry.key, state=status.state.value, reason=status.reason)
+            if status.state is not entry.state:
+                self.ledger.update(entry.key, state=status.state, reason=status.reason)
             return None
         try:
             record = self.cluster.exit_record(entry_paths(entry))
@@ -169,15 +184,7 @@ class Tracker:
         settled = settle(status, record, detail)
         if settled is None:
             return None
-        if settled.state is JobState.CANCELLED and not entry.cancel_requested and not record:
-            # Nobody asked zbatch to cancel it: the job was killed (SGE reports a kill -9 and
-            # a qdel alike), which is a failure of the job, not a user's cancellation.
-            code = settled.exit_code if settled.exit_code is not None else 137
-            settled = Settled(JobState.FAILED, code, f"killed ({settled.reason or 'signal'})")
-        if entry.cancel_requested and settled.state in (JobState.FAILED, JobState.LOST):
-            # Asked to cancel, then ended badly: SGE's -notify warning signal often ends the
-            # job before qdel's kill, and a job deleted while pending leaves no accounting.
-            settled = Settled(JobState.CANCELLED, settled.exit_code, "cancelled on request")
+        settled = as_requested(settled, bool(entry.cancel_requested), record is not None)
         try:
             owed = owed_at_end(self.cluster, entry, settled.state, settled.reason)
         except ZbatchError as exc:
@@ -186,7 +193,7 @@ class Tracker:
         # The outcome and what the step owes are one write, made once: a replica or `zbatch
         # status` that settled it first has recorded both, and this poll leaves it alone.
         if not self.ledger.settle(
-            entry.key, settled.state.value, settled.exit_code, settled.reason, owed
+            entry.key, settled.state, settled.exit_code, settled.reason, owed
         ):
             return None
         log.info(
@@ -201,7 +208,7 @@ class Tracker:
         updated = self.ledger.get(entry.key)
         return (updated or entry), settled
 
-    def wait(self, until_idle: bool = True, timeout_s: float | None = None) -> None:
+    def wait(self, timeout_s: float | None = None) -> None:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while self.has_active():
             if deadline is not None and time.monotonic() > deadline:

@@ -68,3 +68,87 @@ def test_broken_profiles_name_file_and_key(tmp_path: Path, text: str, message: s
 def test_unknown_profile_lists_known_ones() -> None:
     with pytest.raises(ProfileError, match=r"known profiles: .*slurm-local"):
         load_profile("nonexistent")
+
+
+SSH = "connection: {type: ssh, host: login.example.org}\n"
+# An SSH profile with all it needs: the login node, and where zbatch lives on it.
+WHOLE_SSH = "name: x\nscheduler: slurm\n" + SSH + "zbatch_command: [/opt/zbatch/bin/zbatch]\n"
+CONNECTIONS_BROKEN = [
+    (
+        "name: x\nscheduler: slurm\nconnection: {type: drmaa}\n",
+        "connection.type: drmaa reaches SGE only (SGE's libdrmaa), not slurm: "
+        "set scheduler: sge, or connection.type: local or ssh",
+    ),
+    (
+        "name: x\nscheduler: local\nconnection: {type: drmaa}\n",
+        "connection.type: drmaa reaches SGE only (SGE's libdrmaa), not local",
+    ),
+    (
+        "name: x\nscheduler: slurm\nconnection: {type: ssh, user: gda2}\n",
+        "connection.host: missing: connection.type ssh needs the login node to reach; "
+        "add connection.host: <its name>",
+    ),
+    (
+        "name: x\nscheduler: sge\nconnection: {type: ssh, host: ''}\n",
+        "connection.host: missing",
+    ),
+    (
+        "name: x\nscheduler: slurm\n" + SSH,
+        "zbatch_command: missing: jobs on login.example.org run zbatch there, not this "
+        "machine's; add zbatch_command: [<path of zbatch on login.example.org>], or "
+        "connection.shares_installation: true if it runs this installation",
+    ),
+    (
+        # A loopback host is no exception: only the profile can say what runs there.
+        "name: x\nscheduler: sge\nconnection: {type: ssh, host: localhost}\n",
+        "zbatch_command: missing",
+    ),
+    ("name: x\nscheduler: slurm\n" + SSH + "zbatch_command: []\n", "zbatch_command: missing"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    CONNECTIONS_BROKEN,
+    ids=[
+        "slurm-drmaa",
+        "local-drmaa",
+        "ssh-no-host",
+        "ssh-empty-host",
+        "ssh-no-zbatch",
+        "ssh-loopback-no-zbatch",
+        "ssh-empty-zbatch",
+    ],
+)
+def test_connections_that_cannot_work_are_refused(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text(text)
+    with pytest.raises(ProfileError) as caught:
+        load_profile_file(path)
+    assert str(caught.value).startswith(f"{path}: "), caught.value
+    assert message in str(caught.value), caught.value
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        WHOLE_SSH,
+        "name: x\nscheduler: sge\nconnection: {type: drmaa}\n",
+        "name: x\nscheduler: slurm\nconnection: {type: local}\n",
+        # The host runs this installation (shared file system, or this machine): no path needed.
+        "name: x\nscheduler: slurm\n"
+        "connection: {type: ssh, host: 127.0.0.1, port: 2222, shares_installation: true}\n",
+    ],
+    ids=["ssh", "sge-drmaa", "local", "shares-installation"],
+)
+def test_connections_that_can_work_load(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text(text)
+    load_profile_file(path)
+
+
+def test_drmaa_never_becomes_another_scheduler() -> None:
+    """What the refusal protects: a DRMAA backend is SGE's whatever the profile says."""
+    profile = load_profile("sge-drmaa")
+    assert (profile.scheduler, profile.connection.type) == ("sge", "drmaa")

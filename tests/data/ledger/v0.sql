@@ -1,0 +1,40 @@
+-- A ledger written by zbatch at commit 9cfe679 (today's schema: ADDED_COLUMNS, no PRAGMA user_version),
+-- through its Ledger API by make_fixture.py.
+BEGIN TRANSACTION;
+CREATE TABLE jobs (
+    key TEXT PRIMARY KEY,
+    recipe_id TEXT NOT NULL,
+    pointer INTEGER NOT NULL,
+    profile TEXT NOT NULL,
+    profile_source TEXT NOT NULL,
+    scheduler TEXT NOT NULL,
+    job_name TEXT NOT NULL,
+    job_id TEXT,
+    state TEXT NOT NULL,
+    exit_code INTEGER,
+    reason TEXT NOT NULL DEFAULT '',
+    workdir TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    message_path TEXT NOT NULL,
+    claimed_by TEXT NOT NULL DEFAULT '',
+    reported INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    submitted_at REAL,
+    updated_at REAL NOT NULL,
+    owed TEXT NOT NULL DEFAULT '',
+    owed_sent INTEGER NOT NULL DEFAULT 0,
+    owed_by TEXT NOT NULL DEFAULT '',
+    owed_until REAL NOT NULL DEFAULT 0,
+    owed_error TEXT NOT NULL DEFAULT ''
+);
+INSERT INTO "jobs" VALUES('claimed','recipe-claimed',1,'cluster-a','/etc/zbatch/profiles/cluster-a.yaml','slurm','zbatch-claimed',NULL,'submitting',NULL,'','/dls/tmp/claimed','tag-claimed','/dls/tmp/claimed/zbatch-tag-claimed.recipewrap.json','ws001:4242:139872:uncertain',0,0,NULL,1700000001.0,'',0,'',0.0,'');
+INSERT INTO "jobs" VALUES('pending','recipe-pending',2,'cluster-a','/etc/zbatch/profiles/cluster-a.yaml','slurm','zbatch-pending','1001','pending',NULL,'','/dls/tmp/pending','tag-pending','/dls/tmp/pending/zbatch-tag-pending.recipewrap.json','ws001:4242',1,0,1700000003.0,1700000005.0,'',0,'',0.0,'');
+INSERT INTO "jobs" VALUES('running','recipe-running',3,'cluster-b','/etc/zbatch/profiles/cluster-a.yaml','sge','naïve ''job''; "x"','1002.4','running',NULL,'r: ✓','/dls/tmp/running','tag-running','/dls/tmp/running/zbatch-tag-running.recipewrap.json','ws001:4242',1,1,1700000007.0,1700000008.0,'',0,'',0.0,'');
+INSERT INTO "jobs" VALUES('succeeded','recipe-succeeded',4,'cluster-a','/etc/zbatch/profiles/cluster-a.yaml','slurm','zbatch-succeeded','1003','succeeded',0,'','/dls/tmp/succeeded','tag-succeeded','/dls/tmp/succeeded/zbatch-tag-succeeded.recipewrap.json','ws001:4242',1,0,1700000010.0,1700000015.0,'',0,'',0.0,'');
+INSERT INTO "jobs" VALUES('failed','recipe-failed',5,'cluster-a','/etc/zbatch/profiles/cluster-a.yaml','drmaa','zbatch-failed','1004','failed',3,'NonZeroExitCode','/dls/tmp/failed','tag-failed','/dls/tmp/failed/zbatch-tag-failed.recipewrap.json','ws001:4242',2,0,1700000013.0,1700000016.0,'',0,'',0.0,'');
+INSERT INTO "jobs" VALUES('owed','recipe-owed',6,'cluster-a','/etc/zbatch/profiles/cluster-a.yaml','slurm','zbatch-owed','1005','timeout',143,'TimeLimit','/dls/tmp/owed','tag-owed','/dls/tmp/owed/zbatch-tag-owed.recipewrap.json','ws001:4242',1,0,1700000019.0,1700000021.0,'{"outbox": ["success", "completed"], "failure": "job 1005 timeout"}',1,'ws003:99#3',1700000324.0,'broker unreachable: connection refused');
+INSERT INTO "jobs" VALUES('delivered','recipe-delivered',7,'cluster-a','/etc/zbatch/profiles/cluster-a.yaml','slurm','zbatch-delivered','1006','lost',NULL,'gone','/dls/tmp/delivered','tag-delivered','/dls/tmp/delivered/zbatch-tag-delivered.recipewrap.json','ws001:4242',7,0,1700000026.0,1700000028.0,'',0,'',0.0,'');
+CREATE INDEX jobs_active ON jobs (state, profile);
+CREATE INDEX jobs_job_id ON jobs (job_id);
+CREATE INDEX jobs_owed ON jobs (profile, updated_at) WHERE owed != '';
+COMMIT;
