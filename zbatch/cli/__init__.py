@@ -1,76 +1,116 @@
-"""The `zbatch` command line: parsing and printing only; the work happens in the modules."""
+"""The `zbatch` command line: the main group only.
+
+Each command's module is imported when that command runs, not before: `zbatch --help` lists
+them from the table below, and a job's `zbatch wrap` does not load the dispatcher's libraries.
+"""
 
 from __future__ import annotations
 
-import json
-import logging
-import sys
-from pathlib import Path
-from typing import Any, NoReturn
+import importlib
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import click
 
-from zbatch.errors import ZbatchError
-from zbatch.model.profiles import (
-    Profile,
-    find_profiles,
-    load_profile,
-    load_profile_file,
-    profile_warnings,
-)
-
-log = logging.getLogger("zbatch")
-EXIT_USER_ERROR = 2
+from zbatch import __version__
+from zbatch.cli._common import ZbatchGroup
 
 
-class ZbatchGroup(click.Group):
-    """Turns every ZbatchError into one line on stderr and a non-zero exit, no traceback."""
+class Lazy(NamedTuple):
+    target: str  # "module:attribute" of the click command
+    summary: str  # its help's first sentence, for `zbatch --help` (a test keeps them equal)
 
-    def invoke(self, ctx: click.Context) -> Any:
+
+COMMANDS: dict[str, Lazy] = {
+    "run": Lazy(
+        "zbatch.cli.jobs:run",
+        "Run a whole recipe on this machine and wait; exit 0 only if every step succeeded.",
+    ),
+    "render": Lazy(
+        "zbatch.cli.jobs:render",
+        "Print the job script a step would submit, without submitting it.",
+    ),
+    "submit": Lazy(
+        "zbatch.cli.jobs:submit",
+        "Start a recipe: submit its start steps to a cluster, or publish it to a broker.",
+    ),
+    "status": Lazy(
+        "zbatch.cli.jobs:status",
+        "Tracked jobs and their states (all of them when no JOB id is given).",
+    ),
+    "cancel": Lazy("zbatch.cli.jobs:cancel", "Cancel tracked jobs, pending or running."),
+    "wrap": Lazy(
+        "zbatch.cli.wrap:wrap", "Run a wrapper inside a job (the options of zocalo.wrap)."
+    ),
+    "wrappers": Lazy("zbatch.cli.wrappers:wrappers", "Installed wrapper adapters."),
+    "dispatcher": Lazy(
+        "zbatch.cli.service:dispatcher",
+        "Consume step messages and submit them as jobs; SIGTERM stops it cleanly.",
+    ),
+    "recipe-starter": Lazy(
+        "zbatch.cli.service:recipe_starter",
+        "Start recipes requested on `processing_recipe`, so `zocalo.go` can drive zbatch.",
+    ),
+    "broker": Lazy("zbatch.cli.broker:broker", "Provision RabbitMQ for zbatch and its recipes."),
+    "dlq": Lazy("zbatch.cli.broker:dlq", "Inspect and replay dead-lettered messages."),
+    "profiles": Lazy("zbatch.cli.profiles:profiles", "List and validate site profiles."),
+}
+
+
+class LazyGroup(ZbatchGroup):
+    """A group whose sub-commands are imported on first use, from a name -> Lazy table."""
+
+    def __init__(self, *args: Any, lazy: Mapping[str, Lazy], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy:
+            self.add_command(self.load(cmd_name), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def load(self, name: str) -> click.Command:
+        module, _, attribute = self.lazy[name].target.partition(":")
+        command = getattr(importlib.import_module(module), attribute)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{self.lazy[name].target} is not a click command")
+        return command
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
         try:
-            return super().invoke(ctx)
-        except ZbatchError as exc:
-            fail(str(exc), 1 if exc.transient else EXIT_USER_ERROR)
+            return super().resolve_command(ctx, args)
+        except click.exceptions.NoSuchCommand as exc:
+            # click suggests close names from the loaded commands only; offer all of them.
+            raise click.exceptions.NoSuchCommand(
+                exc.command_name, possibilities=self.list_commands(ctx), ctx=ctx
+            ) from None
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """click.Group's command list, with the summaries from the table: nothing imported."""
+        names = self.list_commands(ctx)
+        commands = [
+            (name, self.commands.get(name) or click.Command(name, help=self.lazy[name].summary))
+            for name in names
+        ]
+        commands = [(name, command) for name, command in commands if not command.hidden]
+        if not commands:
+            return
+        limit = formatter.width - 6 - max(len(name) for name, _ in commands)
+        with formatter.section("Commands"):
+            formatter.write_dl(
+                [(name, command.get_short_help_str(limit)) for name, command in commands]
+            )
 
 
-def fail(message: str, code: int = EXIT_USER_ERROR) -> NoReturn:
-    click.echo(f"zbatch: error: {message}", err=True)
-    sys.exit(code)
-
-
-def parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
-    params: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            fail(f"--param {pair!r} must look like KEY=VALUE")
-        params[key] = value
-    return params
-
-
-def transport_options(func: Any) -> Any:
-    """--transport pika|embedded with --rabbit-conf and --embedded-db, as every service takes."""
-    func = click.option("--rabbit-conf", metavar="FILE", help="RabbitMQ settings ([rabbit] INI).")(
-        func
-    )
-    func = click.option("--embedded-db", metavar="FILE", help="SQLite queue (embedded).")(func)
-    return click.option(
-        "--transport",
-        "kind",
-        type=click.Choice(["pika", "embedded"]),
-        default="pika",
-        show_default=True,
-        help="Which broker.",
-    )(func)
-
-
-def echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
-
-
-@click.group(cls=ZbatchGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-@click.version_option(package_name="zbatch")
+# The version given here, not looked up: importlib.metadata would cost every start its time.
+@click.version_option(__version__)
 def main(verbose: int) -> None:
     """Run Zocalo recipe wrapper steps as Slurm, SGE or local batch jobs.
 
@@ -79,104 +119,11 @@ def main(verbose: int) -> None:
       zbatch run examples/hello.json
       zbatch render --profile slurm-local --recipe examples/hello.json --step 1
     """
+    import logging  # here: --help and --version configure no logging, so need not load it
+
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(
         level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s"
     )
     # pika logs every expected reconnect as an error; zbatch reports broker trouble itself.
     logging.getLogger("pika").setLevel(logging.DEBUG if verbose >= 3 else logging.CRITICAL)
-
-
-def register() -> None:
-    from zbatch.cli.broker import broker, dlq
-    from zbatch.cli.jobs import cancel, render, run, status, submit
-    from zbatch.cli.service import dispatcher, recipe_starter
-    from zbatch.cli.wrap import wrap, wrappers
-
-    commands = (
-        run,
-        render,
-        submit,
-        status,
-        cancel,
-        wrap,
-        wrappers,
-        dispatcher,
-        recipe_starter,
-        broker,
-        dlq,
-    )
-    for command in commands:
-        main.add_command(command)
-
-
-@main.group()
-def profiles() -> None:
-    """List and validate site profiles."""
-
-
-@profiles.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def profiles_list(as_json: bool) -> None:
-    """Profiles found on the search path (ZBATCH_CONFIG_DIR, ~/.config/zbatch/profiles, shipped).
-
-    \b
-    Example:
-      zbatch profiles list
-    """
-    rows = []
-    for name, path in sorted(find_profiles().items()):
-        try:
-            profile: Profile | None = load_profile_file(path)
-        except ZbatchError as exc:
-            profile, error = None, str(exc)
-        rows.append(
-            {
-                "name": name,
-                "path": str(path),
-                "scheduler": profile.scheduler if profile else None,
-                "connection": profile.connection.type if profile else None,
-                "error": None if profile else error,
-            }
-        )
-    if as_json:
-        echo_json(rows)
-        return
-    for row in rows:
-        what = f"{row['scheduler']} via {row['connection']}" if not row["error"] else "INVALID"
-        click.echo(f"{row['name']:<20} {what:<18} {row['path']}")
-
-
-@profiles.command("check")
-@click.argument("files", nargs=-1)
-def profiles_check(files: tuple[str, ...]) -> None:
-    """Validate profiles (all known ones when no FILE is given); exit 2 if any is invalid.
-
-    Settings that are valid but risky (accept_unknown_hosts) are warned about on stderr.
-
-    \b
-    Example:
-      zbatch profiles check site-configs/slurm-local.yaml
-    """
-    targets = list(files) or [str(p) for p in find_profiles().values()]
-    bad = 0
-    for target in targets:
-        try:
-            profile = (
-                load_profile(target)
-                if Path(target).suffix not in (".yaml", ".yml")
-                else load_profile_file(target)
-            )
-            click.echo(
-                f"ok: {target} ({profile.name}: {profile.scheduler} via {profile.connection.type})"
-            )
-            for warning in profile_warnings(profile):
-                click.echo(f"zbatch: warning: {warning}", err=True)
-        except ZbatchError as exc:
-            click.echo(f"zbatch: error: {exc}", err=True)
-            bad += 1
-    if bad:
-        sys.exit(EXIT_USER_ERROR)
-
-
-register()

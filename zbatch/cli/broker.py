@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from zbatch.cli import echo_json, transport_options
+from zbatch.cli._common import ZbatchGroup, echo_json, transport_options
 from zbatch.model.recipe import Recipe
 from zbatch.transport.admin import dlq_list, dlq_replay, dlq_show, setup_broker
 from zbatch.transport.factory import TransportConfig, make_transport
@@ -21,7 +21,7 @@ def _open(kind: str, embedded_db: str | None, rabbit_conf: str | None) -> Any:
     return transport
 
 
-@click.group()
+@click.group(cls=ZbatchGroup)
 def broker() -> None:
     """Provision RabbitMQ for zbatch and its recipes."""
 
@@ -67,7 +67,7 @@ def _recipe_queues(paths: tuple[str, ...]) -> list[str]:
     return found
 
 
-@click.group()
+@click.group(cls=ZbatchGroup)
 def dlq() -> None:
     """Inspect and replay dead-lettered messages."""
 

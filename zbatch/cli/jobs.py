@@ -4,24 +4,22 @@ from __future__ import annotations
 
 import os
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 import click
 
-from zbatch.cli import echo_json, fail, parse_params
+from zbatch.cli._common import echo_json, fail, parse_params
 from zbatch.clusters import cluster_for
-from zbatch.errors import ZbatchError
 from zbatch.model.jobs import JobState
 from zbatch.model.message import StepMessage, start_messages
-from zbatch.model.profiles import load_profile, load_profile_file
+from zbatch.model.profiles import load_profile
 from zbatch.model.recipe import Recipe
 from zbatch.prepare.job_files import JobContext, prepare_job
 from zbatch.prepare.parameters import is_wrapper_step
+from zbatch.service import status_refresh
 from zbatch.service.ledger import Ledger, LedgerEntry
 from zbatch.service.local_run import RecipeRunner
 from zbatch.service.submitter import Submitter
-from zbatch.service.tracker import Tracker, cancel_jobs
 from zbatch.transport.factory import TransportConfig, make_transport
 
 profile_option = click.option(
@@ -165,18 +163,10 @@ def submit(
     if not entries:
         fail(f"{recipe_file}: no start node is a wrapper step")
     if wait:
-        tracker = Tracker(
-            cluster,
-            ledger,
-            profile.name,
-            interval_s=profile.poll_interval_s,
-            recipe_ids={e.recipe_id for e in entries},
-        )
-        tracker.wait()
-        entries = [ledger.get(e.key) or e for e in entries]
+        entries = status_refresh.wait_for(cluster, ledger, profile, entries)
     cluster.close()
     _print_entries(entries, as_json)
-    if wait and any(e.state != JobState.SUCCEEDED.value for e in entries):
+    if wait and any(e.state is not JobState.SUCCEEDED for e in entries):
         raise SystemExit(1)
 
 
@@ -226,14 +216,6 @@ def _owed_note(entry: LedgerEntry) -> str:
     return note
 
 
-def _by_profile(entries: list[LedgerEntry]) -> dict[str, list[LedgerEntry]]:
-    """Entries grouped by the profile file they were submitted with."""
-    groups: dict[str, list[LedgerEntry]] = defaultdict(list)
-    for entry in entries:
-        groups[entry.profile_source].append(entry)
-    return groups
-
-
 @click.command()
 @click.argument("jobs", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -258,17 +240,12 @@ def status(jobs: tuple[str, ...], as_json: bool, no_refresh: bool, owed_only: bo
     if jobs and not entries and not owed_only:
         fail(f"no tracked job matches {' '.join(jobs)}")
     if not no_refresh:
-        for source, group in _by_profile([e for e in entries if e.active]).items():
-            try:
-                profile = load_profile_file(source)
-                cluster = cluster_for(profile)
-                recipe_ids = {e.recipe_id for e in group}
-                Tracker(cluster, ledger, profile.name, recipe_ids=recipe_ids).poll_once()
-                cluster.close()
-            except ZbatchError as exc:
-                click.echo(f"zbatch: warning: {exc}", err=True)
-        entries = [ledger.get(e.key) or e for e in entries]
+        entries = status_refresh.refresh(ledger, entries, _warn)
     _print_entries(entries, as_json)
+
+
+def _warn(message: str) -> None:
+    click.echo(f"zbatch: warning: {message}", err=True)
 
 
 @click.command()
@@ -280,14 +257,9 @@ def cancel(jobs: tuple[str, ...]) -> None:
     Example:
       zbatch cancel 1234
     """
-    entries = list(Ledger().find(list(jobs)))
+    ledger = Ledger()
+    entries = list(ledger.find(list(jobs)))
     missing = set(jobs) - {e.job_id for e in entries} - {e.key for e in entries}
     if missing:
         fail(f"no tracked job {', '.join(sorted(missing))}")
-    ledger = Ledger()
-    for source, group in _by_profile(entries).items():
-        cluster = cluster_for(load_profile_file(source))
-        cancel_jobs(cluster, ledger, group)
-        cluster.close()
-        for e in group:
-            click.echo(f"{e.job_id}: cancel requested")
+    status_refresh.cancel(ledger, entries, lambda e: click.echo(f"{e.job_id}: cancel requested"))

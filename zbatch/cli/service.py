@@ -10,7 +10,7 @@ from types import FrameType
 
 import click
 
-from zbatch.cli import transport_options
+from zbatch.cli._common import transport_options
 from zbatch.clusters import cluster_for
 from zbatch.errors import ZbatchError
 from zbatch.model.profiles import load_profile
@@ -139,12 +139,7 @@ def recipe_starter(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
     signal.signal(signal.SIGINT, lambda _s, _f: stop.set())
-    handled = 0
     try:
-        while not stop.is_set() and (max_messages is None or handled < max_messages):
-            delivery = transport.receive(queue, 0.5)
-            if delivery is not None:
-                click.echo(f"{starter.handle(delivery)}", err=True)
-                handled += 1
+        starter.serve(stop, queue, max_messages, lambda outcome: click.echo(outcome, err=True))
     finally:
         transport.disconnect()

@@ -1,15 +1,10 @@
-"""CLI commands for the in-job runner and the installed wrappers."""
+"""CLI command for the in-job runner: `zbatch wrap`, which every job runs."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
-from zbatch.cli import echo_json, fail
-from zbatch.injob.runner import wrap as run_wrapper
-from zbatch.transport.factory import TransportConfig, make_transport
-from zbatch.wrapper import installed
+from zbatch.cli._common import fail
 
 TRANSPORT_ALIASES = {"embedded": "embedded", "pika": "pika", "PikaTransport": "pika"}
 
@@ -60,31 +55,16 @@ def wrap(
         fail("A wrapper object must be specified (--wrap NAME).")
     if not recipewrapper:
         fail("--recipewrapper FILE is required")
+    # Imported here, not above: `--help` and a usage error need no runner (tenacity, the
+    # wrappers' entry points); a job pays for it only when the wrapper really runs.
+    from pathlib import Path
+
+    from zbatch.injob.runner import wrap as run_wrapper
+    from zbatch.transport.factory import TransportConfig, make_transport
+
     config = TransportConfig(TRANSPORT_ALIASES[transport], embedded_db, rabbit_conf)
     code, summary = run_wrapper(
         name, Path(recipewrapper), lambda: make_transport(config), dry_run, workdir_root
     )
     click.echo(summary, err=not dry_run)
     raise SystemExit(code)
-
-
-@click.group()
-def wrappers() -> None:
-    """Installed wrapper adapters."""
-
-
-@wrappers.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def wrappers_list(as_json: bool) -> None:
-    """Wrappers registered in the `zbatch.wrappers` entry-point group.
-
-    \b
-    Example:
-      zbatch wrappers list
-    """
-    found = installed()
-    if as_json:
-        echo_json(found)
-        return
-    for name, target in sorted(found.items()):
-        click.echo(f"{name:<16} {target}")

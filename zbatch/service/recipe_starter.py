@@ -9,7 +9,9 @@ goes to its queue with environment `{"ID": guid}`. Anything unusable is dead-let
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,28 @@ class RecipeStarter:
     def __init__(self, transport: Transport, recipe_dir: Path) -> None:
         self.transport = transport
         self.recipe_dir = recipe_dir
+
+    def serve(
+        self,
+        stop: threading.Event,
+        queue: str = QUEUE,
+        max_messages: int | None = None,
+        outcome: Callable[[str], None] | None = None,
+    ) -> int:
+        """Handle requests from `queue` until `stop` is set or `max_messages` were handled;
+        `outcome` hears what became of each ("started", "dead-lettered"). Returns the count.
+
+        The wait for a request is short, so that `stop` is noticed within half a second.
+        """
+        handled = 0
+        while not stop.is_set() and (max_messages is None or handled < max_messages):
+            delivery = self.transport.receive(queue, 0.5)
+            if delivery is not None:
+                result = self.handle(delivery)
+                if outcome is not None:
+                    outcome(result)
+                handled += 1
+        return handled
 
     def handle(self, delivery: Delivery) -> str:
         """Start the requested recipe, or dead-letter the request; never raises for a request.

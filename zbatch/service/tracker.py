@@ -37,6 +37,8 @@ class Settled:
     reason: str
 
 
+_STILL_ACTIVE = (JobState.PENDING, JobState.RUNNING)
+
 def as_requested(settled: Settled, cancel_requested: bool, has_record: bool) -> Settled:
     """A cancellation only when zbatch was asked for one."""
     if settled.state is JobState.CANCELLED and not cancel_requested and not has_record:
@@ -70,6 +72,8 @@ def settle(
         return Settled(state, record.exit_code, reason)
     if status is not None and not status.state.final:
         return None
+    if status is None and detail is not None and detail.state in _STILL_ACTIVE:
+        return None  # gone from the queue listing, but accounting has it running: ask again
     if verdict is None:
         return Settled(JobState.LOST, None, "gone from the scheduler without an exit record")
     if verdict.state is JobState.SUCCEEDED:

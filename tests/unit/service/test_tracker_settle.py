@@ -64,9 +64,11 @@ def test_gone_without_record_or_accounting_is_lost() -> None:
     assert settle(None, None, None) == Settled(JobState.LOST, None, NO_RECORD)
 
 
-@pytest.mark.parametrize("state", ACTIVE)
-def test_gone_with_accounting_that_is_not_final_is_lost(state: JobState) -> None:
-    # Nothing final is known: the queue has dropped the job, and accounting has no verdict.
+@pytest.mark.parametrize(
+    "state", [s for s in ACTIVE if s not in (JobState.PENDING, JobState.RUNNING)]
+)
+def test_gone_with_accounting_that_knows_nothing_is_lost(state: JobState) -> None:
+    # Nothing is known: the queue has dropped the job, and accounting has no verdict.
     assert settle(None, None, sched(state)) == Settled(JobState.LOST, None, NO_RECORD)
 
 
@@ -113,6 +115,12 @@ def test_final_accounting_is_preferred_over_the_queue() -> None:
 def test_accounting_that_is_not_final_leaves_the_queue_verdict() -> None:
     verdict = settle(sched(JobState.TIMEOUT, 0, "TimeLimit"), None, sched(JobState.RUNNING))
     assert verdict == Settled(JobState.TIMEOUT, 0, "TimeLimit")
+
+
+@pytest.mark.parametrize("state", [JobState.PENDING, JobState.RUNNING])
+def test_gone_from_the_queue_but_active_in_accounting_is_polled_again(state: JobState) -> None:
+    """squeue and scontrol raced: the job is not lost, and its outcome is still to come."""
+    assert settle(None, None, sched(state)) is None
 
 
 def test_no_record_never_settles_as_succeeded() -> None:
