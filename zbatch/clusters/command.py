@@ -63,6 +63,8 @@ class CommandCluster(Cluster):
             return None
         result = self.connection.run(argv)
         if result.returncode != 0:
+            if self.scheduler.find_error_is_empty(result.stderr):
+                return None
             raise self._failure(result, "job lookup failed", transient=True)
         return self.scheduler.parse_find(result.stdout, marker)
 

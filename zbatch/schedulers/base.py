@@ -69,6 +69,10 @@ class Scheduler(ABC):
         """The id of the job carrying `marker` in `find_argv`'s output, if any."""
         return None
 
+    def find_error_is_empty(self, stderr: str) -> bool:  # noqa: ARG002 - optional hook
+        """True when a failed `find_argv` only means "no jobs at all" (nothing to find)."""
+        return False
+
     # What the scheduler's commands print when its controller cannot be reached (as opposed
     # to refusing a request): captured outputs are in tests/data/scheduler-output/.
     unavailable_patterns: ClassVar[tuple[re.Pattern[str], ...]] = ()

@@ -29,6 +29,7 @@ JOB_ID = re.compile(r"^[0-9]{1,12}(?:\.[0-9]{1,9})?$")
 # been submitted' or 'Your job-array 123.1-10:1 ("x") has been submitted'.
 _SUBMIT_LINE = re.compile(r"^\s*([0-9]{1,12})(?:\.[0-9]+-[0-9]+:[0-9]+)?\s*$")
 _SUBMIT_TEXT = re.compile(r"\bYour job(?:-array)? ([0-9]{1,12})\b.*has been submitted")
+_NO_JOBS_AT_ALL = re.compile(r"Following jobs do not exist:\s*\*")
 # qstat -xml of a whole busy cluster is a few MB; far more than this is not a qstat answer.
 MAX_XML = 64 * 1024 * 1024
 
@@ -116,6 +117,10 @@ class SgeScheduler(Scheduler):
         # The template sets the job context "zbatch=<marker>" (-ac); qstat -j shows it for
         # queued and running jobs. A finished job is found through its exit record instead.
         return ["qstat", "-j", "*"]
+
+    def find_error_is_empty(self, stderr: str) -> bool:
+        # With no job queued at all, `qstat -j '*'` exits 1 saying the job "*" does not exist.
+        return _NO_JOBS_AT_ALL.fullmatch(stderr.strip()) is not None
 
     def parse_find(self, stdout: str, marker: str) -> str | None:
         job_id = ""

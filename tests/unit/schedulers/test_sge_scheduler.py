@@ -259,3 +259,20 @@ def test_parse_detail_limit_with_both_requests_uses_wallclock(sched: SgeSchedule
     out = read("qacct-h_rt-limit.txt").replace("-l h_rt=20", "-l h_rt=20,h_vmem=5M")
     status = sched.parse_detail(out, "9")
     assert status is not None and status.state is JobState.TIMEOUT
+
+
+def test_find_with_no_job_queued_at_all_is_nothing_found_not_an_error(sched: SgeScheduler) -> None:
+    """Real SGE: `qstat -j '*'` exits 1 when no job is queued (captured output)."""
+    assert sched.find_error_is_empty((DATA / "qstat-j-no-jobs.stderr").read_text())
+
+
+@pytest.mark.parametrize(
+    "stderr",
+    [
+        "Following jobs do not exist: \n123\n",  # a real id: not the "no jobs" answer
+        (DATA / "qstat-qmaster-down.stderr").read_text(),
+        "",
+    ],
+)
+def test_other_find_failures_stay_failures(sched: SgeScheduler, stderr: str) -> None:
+    assert not sched.find_error_is_empty(stderr)
