@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,14 @@ def test_drmaa_never_becomes_another_scheduler() -> None:
     """What the refusal protects: a DRMAA backend is SGE's whatever the profile says."""
     profile = load_profile("sge-drmaa")
     assert (profile.scheduler, profile.connection.type) == ("sge", "drmaa")
+
+
+def test_the_readme_example_profile_loads(tmp_path: Path) -> None:
+    """The profile README.md shows site admins is one zbatch accepts as written."""
+    readme = (SHIPPED.parent / "README.md").read_text()
+    match = re.search(r"```yaml\n(name: my-cluster\n.*?)```", readme, re.S)
+    assert match, "README.md lost its example profile"
+    path = tmp_path / "my-cluster.yaml"
+    path.write_text(match.group(1))
+    profile = load_profile_file(path)
+    assert (profile.name, profile.connection.type) == ("my-cluster", "ssh")
