@@ -19,9 +19,14 @@ class CommandResult:
     stderr: str
 
     def describe(self) -> str:
-        detail = (self.stderr.strip() or self.stdout.strip()).splitlines()
-        tail = detail[-1][:300] if detail else "no output"
-        return f"{self.argv[0]} exited {self.returncode}: {tail}"
+        """One line: how the command failed, in its own last words. A short closing line
+        (qsub's "Exiting.") keeps the line before it, which says why."""
+        detail = [line.strip() for line in (self.stderr.strip() or self.stdout).splitlines()]
+        detail = [line for line in detail if line]
+        tail = detail[-1] if detail else "no output"
+        if len(detail) > 1 and len(tail.split()) < 3:
+            tail = f"{detail[-2]} {tail}"
+        return f"{self.argv[0]} exited {self.returncode}: {tail[:300]}"
 
 
 class Connection(ABC):

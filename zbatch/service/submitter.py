@@ -134,7 +134,9 @@ class Submitter:
                 entry.key, job_id=job_id, state=JobState.PENDING, submitted_at=time.time()
             )
             updated = self.ledger.get(entry.key)
-            return Submitted(updated or entry, False)
+            # Our own unanswered submission, found: this delivery's first submission, not a
+            # redelivery's duplicate.
+            return Submitted(updated or entry, own)
         if not self.ledger.take_over(entry.key, entry, worker_id()):
             raise ClaimBusy(
                 f"step {entry.recipe_id}/{entry.pointer} was taken over by another dispatcher",
