@@ -57,8 +57,9 @@ def subscribe(wf: WorkflowsPika, name: str) -> queue_mod.Queue[tuple[dict[str, A
     return received
 
 
+@pytest.mark.usefixtures("state_dir")
 def test_workflows_runs_xia2_fast_ep_through_zbatch_on_slurm(
-    queues: Queues, tmp_path: Path, state_dir: Path
+    queues: Queues, tmp_path: Path
 ) -> None:
     topaz_queue = queues.submitted + ".topaz"
     setup_broker(queues.transport, [topaz_queue], quorum=False)

@@ -46,7 +46,7 @@ class HostileWorld:
     def __repr__(self) -> str:
         return f"HostileWorld({self.base})"
 
-    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:  # hypothesis' reports
+    def _repr_pretty_(self, printer: Any, _cycle: bool) -> None:  # hypothesis' reports
         printer.text(repr(self))
 
     # --- places -------------------------------------------------------------------------

@@ -308,7 +308,7 @@ def test_run_local(case: Case, hostile: HostileWorld, tmp_path: Path) -> None:
     check(record(case.id, "run", "hostile-run", verdict, problems))
 
 
-def replace_facts(hostile: HostileWorld, profile: Path) -> Any:
+def replace_facts(_hostile: HostileWorld, profile: Path) -> Any:
     from tests.hostile.conftest import facts
 
     return facts(profile)
@@ -608,7 +608,7 @@ class EmbeddedDispatcher:
             stop.set()
             self.worker.shutdown(wait=False)
             return None, True
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - any escape from serve() is the crash finding
             return f"{type(exc).__name__}: {str(exc)[:120]}", False
         return None, False
 
@@ -816,12 +816,13 @@ class RabbitDispatcher:
     def close(self) -> None:
         import contextlib
         import signal
+        import subprocess
 
         if self.alive():
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(30)
-            except Exception:
+            except subprocess.TimeoutExpired:
                 self.proc.kill()
         for queue in self.queues:
             for name in (queue, f"dlq.{queue}"):

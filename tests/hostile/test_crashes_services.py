@@ -382,10 +382,10 @@ STARTER_CASES: list[tuple[str, bytes, str]] = [
 
 
 @pytest.mark.parametrize(
-    ("case", "body", "reason"), STARTER_CASES, ids=[c[0] for c in STARTER_CASES]
+    ("_case", "body", "reason"), STARTER_CASES, ids=[c[0] for c in STARTER_CASES]
 )
 def test_recipe_starter_dead_letters_and_goes_on(
-    case: str, body: bytes, reason: str, tmp_path: Path
+    _case: str, body: bytes, reason: str, tmp_path: Path
 ) -> None:
     recipes = tmp_path / "recipes"
     recipes.mkdir()
@@ -414,7 +414,7 @@ def test_recipe_starter_dead_letters_a_defect(
     transport = EmbeddedTransport(tmp_path / "q.sqlite")
     starter_service = RecipeStarter(transport, EXAMPLES)
 
-    def broken(self: Recipe, parameters: Any) -> Recipe:
+    def broken(_self: Recipe, _parameters: Any) -> Recipe:
         raise ZeroDivisionError("division by zero")
 
     transport.send_json("processing_recipe", {"recipes": ["hello"]})

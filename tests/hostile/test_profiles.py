@@ -127,7 +127,7 @@ def test_a_huge_profile_is_refused(tmp_path: Path) -> None:
         load_profile_file(path)
 
 
-def template_profile(tmp_path: Path, folder: Path) -> str:
+def template_profile(_tmp_path: Path, folder: Path) -> str:
     return BASE + f"template_dir: {folder}\n"
 
 
@@ -249,7 +249,7 @@ def test_malformed_urls_are_clear_errors_without_the_password(url: str) -> None:
     assert SECRET not in str(caught.value) and not caught.value.transient
 
 
-def test_malformed_url_in_the_environment_is_one_line(tmp_path: Path, zbatch: ZbatchRun) -> None:
+def test_malformed_url_in_the_environment_is_one_line(zbatch: ZbatchRun) -> None:
     env = {"ZBATCH_RABBIT_URL": f"amqp://u:{SECRET}@[::1"}
     done = zbatch("broker", "setup", env=env)
     line = one_line_error(done)

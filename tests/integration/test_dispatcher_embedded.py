@@ -147,7 +147,7 @@ def test_interrupted_submission_is_recovered_by_marker(
     message = recipe_message(["true"], work_root / "e")
     # First dispatcher "dies" right after the scheduler accepted the job: no job id recorded.
     original = dispatcher.ledger.update
-    monkeypatch.setattr(dispatcher.ledger, "update", lambda *a, **k: None)
+    monkeypatch.setattr(dispatcher.ledger, "update", lambda *_a, **_k: None)
     dispatcher.submitter.submit(message)
     monkeypatch.setattr(dispatcher.ledger, "update", original)
     entry = dispatcher.ledger.get(step_key(message))

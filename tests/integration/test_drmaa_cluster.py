@@ -87,7 +87,7 @@ def make_job(tmp_path: Path) -> MakeJob:
 
 
 @pytest.fixture()
-def submitted(cluster: DrmaaCluster) -> Iterator[list[str]]:
+def submitted(cluster: DrmaaCluster) -> Iterator[list[str]]:  # noqa: ARG001 - qdel runs before the session closes
     """Job ids to qdel after the test, whatever state it left them in."""
     ids: list[str] = []
     yield ids
@@ -339,7 +339,7 @@ def test_a_job_of_another_session_is_followed_then_absent_never_unknown(
     assert settle(None, record(job)) == Settled(JobState.SUCCEEDED, 0, "")
 
 
-def test_missing_tunable_fails_with_the_variables_to_set(tmp_path: Path) -> None:
+def test_missing_tunable_fails_with_the_variables_to_set() -> None:
     """Without GLIBC_TUNABLES libdrmaa cannot load; the error says what to set."""
     code = (
         "from zbatch.clusters.drmaa import DrmaaCluster\n"

@@ -415,7 +415,7 @@ def step_for(work_queue: str, notices: str, workdir: Path) -> StepMessage:
     return start_messages(recipe)[0]
 
 
-def dispatcher_for(make_profile: Any, transport: Any, queue: str, tmp_path: Path) -> Dispatcher:
+def dispatcher_for(make_profile: Any, transport: Any, queue: str, _tmp_path: Path) -> Dispatcher:
     profile = load_profile_file(make_profile())
     if isinstance(transport, EmbeddedTransport):
         config = TransportConfig("embedded", str(transport.path))
@@ -557,7 +557,7 @@ def test_a_message_that_cannot_be_dead_lettered_is_requeued_not_held(
     dispatcher = dispatcher_for(make_profile, transport, "cluster.submission", tmp_path)
     transport.publish("cluster.submission", b"{not json", {RECIPE_HEADER: True})
 
-    def broken(self: EmbeddedTransport, delivery: Delivery, reason: str) -> None:
+    def broken(_self: EmbeddedTransport, _delivery: Delivery, _reason: str) -> None:
         raise RuntimeError("a defect in dead-lettering")
 
     monkeypatch.setattr(EmbeddedTransport, "dead_letter", broken)

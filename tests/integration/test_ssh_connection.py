@@ -406,7 +406,7 @@ def test_warm_up_opens_the_shell_and_sftp_once(conn: SshConnection, tmp_path: Pa
     assert (conn.connects, conn.channels_opened) == (1, 2)  # nothing more was opened
 
 
-def test_pool_warm_up_logs_every_connection_in_at_once(connect: MakeConnection) -> None:
+def test_pool_warm_up_logs_every_connection_in_at_once() -> None:
     made: list[SshConnection] = []
     spans: list[tuple[float, float]] = []
 

@@ -82,9 +82,9 @@ def no_canary() -> Any:
     assert not Path(CANARY).exists(), "a hostile value was executed"
 
 
-@pytest.mark.parametrize(("case", "mutate", "words"), STEP_CASES, ids=[c[0] for c in STEP_CASES])
+@pytest.mark.parametrize(("_case", "mutate", "words"), STEP_CASES, ids=[c[0] for c in STEP_CASES])
 def test_bad_step_is_refused_by_render(
-    case: str, mutate: Mutation, words: str, tmp_path: Path, make_profile: Any, zbatch: ZbatchRun
+    _case: str, mutate: Mutation, words: str, tmp_path: Path, make_profile: Any, zbatch: ZbatchRun
 ) -> None:
     profile = make_profile(
         limits={"max_cpus": 4, "max_memory_mb": "8G", "max_time_limit_s": "24:00:00"},
@@ -143,10 +143,10 @@ FILE_CASES: list[tuple[str, bytes, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("case", "data", "words"), FILE_CASES, ids=[c[0] for c in FILE_CASES])
+@pytest.mark.parametrize(("_case", "data", "words"), FILE_CASES, ids=[c[0] for c in FILE_CASES])
 @pytest.mark.parametrize("command", ["run", "render"])
 def test_bad_recipe_files(
-    case: str,
+    _case: str,
     data: bytes,
     words: str,
     command: str,

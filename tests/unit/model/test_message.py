@@ -60,11 +60,15 @@ class Capture(Transport):
         self.published.append((queue, body, headers, {"exchange": exchange, "delay": delay}))
 
     def broadcast(
-        self, exchange: str, body: bytes, headers: dict[str, Any], expiration_s: float | None = None
+        self,
+        exchange: str,
+        body: bytes,
+        headers: dict[str, Any],
+        expiration_s: float | None = None,  # noqa: ARG002 - Transport.broadcast signature
     ) -> None:
         self.published.append(("topic:" + exchange, body, headers, {}))
 
-    def receive(self, queue: str, timeout: float) -> Delivery | None:
+    def receive(self, _queue: str, _timeout: float) -> Delivery | None:
         return None
 
     def ack(self, delivery: Delivery) -> None: ...

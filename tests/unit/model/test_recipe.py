@@ -63,8 +63,8 @@ BAD: list[tuple[str, Any, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("name", "data", "message"), BAD, ids=[b[0] for b in BAD])
-def test_invalid_recipes_name_the_problem(name: str, data: Any, message: str) -> None:
+@pytest.mark.parametrize(("_name", "data", "message"), BAD, ids=[b[0] for b in BAD])
+def test_invalid_recipes_name_the_problem(_name: str, data: Any, message: str) -> None:
     with pytest.raises(RecipeError, match=None) as caught:
         Recipe.from_json(data, source="r.json")
     assert message in str(caught.value)
@@ -76,9 +76,11 @@ ALSO_BAD_FOR_WORKFLOWS = [b for b in BAD[1:] if b[0] != "node not object"]
 
 
 @pytest.mark.parametrize(
-    ("name", "data", "message"), ALSO_BAD_FOR_WORKFLOWS, ids=[b[0] for b in ALSO_BAD_FOR_WORKFLOWS]
+    ("_name", "data", "_message"),
+    ALSO_BAD_FOR_WORKFLOWS,
+    ids=[b[0] for b in ALSO_BAD_FOR_WORKFLOWS],
 )
-def test_workflows_also_rejects_them(name: str, data: Any, message: str) -> None:
+def test_workflows_also_rejects_them(_name: str, data: Any, _message: str) -> None:
     with pytest.raises(Exception):  # noqa: B017 - workflows raises several types
         WorkflowsRecipe(json.dumps(data)).validate()
 

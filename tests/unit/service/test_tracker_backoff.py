@@ -32,13 +32,13 @@ class SlowCluster(Cluster):
             raise SchedulerError("squeue: timed out", transient=True)
         return {i: SchedulerStatus(i, JobState.PENDING, None, "", "PENDING") for i in job_ids}
 
-    def detail(self, job_id: str) -> SchedulerStatus | None:
+    def detail(self, _job_id: str) -> SchedulerStatus | None:
         return None
 
     def cancel(self, job_ids: Sequence[str]) -> None:
         raise NotImplementedError
 
-    def read_text(self, path: PurePosixPath) -> str | None:
+    def read_text(self, _path: PurePosixPath) -> str | None:
         return None
 
 
