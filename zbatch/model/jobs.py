@@ -199,15 +199,6 @@ class ExitRecord:
             job_id = ""
         return cls(code, float(end), str(signal), str(job_id))
 
-    @classmethod
-    def read(cls, path: Path) -> ExitRecord | None:
-        try:
-            with open(path, "rb") as handle:
-                raw = handle.read(MAX_RECORD_BYTES + 1)
-        except OSError:
-            return None
-        return cls.parse(raw, str(path))
-
 
 def state_from_exit(record: ExitRecord) -> JobState:
     if record.signal == "TERM":
