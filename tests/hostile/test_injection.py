@@ -16,6 +16,10 @@ import pytest
 import yaml
 
 from tests.helpers import ZbatchRun, one_line_error, write_recipe
+from zbatch.errors import TemplateError
+from zbatch.model.jobs import JobPaths, JobSpec
+from zbatch.model.profiles import Profile, parse_profile
+from zbatch.prepare.render import render_script
 
 SHIPPED = Path(__file__).resolve().parents[2] / "site-configs"
 PROFILES = sorted(p.stem for p in SHIPPED.glob("*.yaml"))
@@ -89,9 +93,11 @@ LINE_BREAKS: list[tuple[str, dict[str, Any], str]] = [
 
 
 @pytest.mark.parametrize("profile_name", PROFILES)
-@pytest.mark.parametrize(("case", "cluster", "words"), LINE_BREAKS, ids=[c[0] for c in LINE_BREAKS])
+@pytest.mark.parametrize(
+    ("_case", "cluster", "words"), LINE_BREAKS, ids=[c[0] for c in LINE_BREAKS]
+)
 def test_no_line_break_reaches_a_script(
-    case: str,
+    _case: str,
     cluster: dict[str, Any],
     words: str,
     profile_name: str,
@@ -192,3 +198,81 @@ def test_image_templates_with_hashes_reach_xia2_as_one_argument(
     result = zbatch("wrap", "--wrap", "xia2", "--recipewrapper", str(path), "--dry-run")
     assert result.returncode == 0, result.stderr
     assert "image=/data/x_####.cbf:1:20" in result.stdout
+
+
+# Issue 12: the templates' own wall. Specs built by hand skip every check in zbatch.prepare,
+# so only the `directive` filter stands between each hostile value and a directive line.
+SCHEDULER_FIELDS = {
+    "slurm": [
+        "name", "workdir", "marker", "partition", "account", "qos", "cpus", "tasks", "nodes",
+        "gpus", "gpus_per_node", "constraints", "prefer", "array", "extra_directives",
+    ],
+    "sge": [
+        "name", "workdir", "marker", "partition", "account", "gpus", "array", "extra_directives",
+    ],
+    "local": ["name", "workdir", "marker", "time_limit_s"],
+}  # fmt: skip
+# Per field: a line break carrying each scheduler's directives, and a value of one line that
+# its pattern refuses (a space starts another option in a directive). The time limit is
+# computed with before rendering, so it can only be an int off its pattern.
+HOSTILE_VALUES: dict[str, tuple[object, ...]] = {
+    "extra_directives": (["--requeue\n#SBATCH --uid=0"], ["--requeue\x1b[2J"]),
+    "workdir": (f"/tmp/x\n#$ -u root\ntouch {CANARY}", "/tmp/x y"),
+    "time_limit_s": (-60,),
+}
+DIRECTIVE_INJECTION = "1\n#SBATCH --uid=0\n#$ -u root\n# zbatch-local: workdir=/"
+HAND_BUILT = [
+    (scheduler, field, value)
+    for scheduler, fields in SCHEDULER_FIELDS.items()
+    for field in fields
+    for value in HOSTILE_VALUES.get(field, (DIRECTIVE_INJECTION, "1 -P other"))
+]
+
+
+def hand_built_profile(scheduler: str) -> Profile:
+    return parse_profile({"name": "hand-built", "scheduler": scheduler}, "test")
+
+
+def hand_built_id(scheduler: str, field: str, value: object) -> str:
+    return f"{scheduler}-{field}-{'newline' if chr(10) in str(value) else 'pattern'}"
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "field", "value"),
+    HAND_BUILT,
+    ids=[hand_built_id(*case) for case in HAND_BUILT],
+)
+def test_directive_filter_refuses_a_hand_built_spec(
+    scheduler: str, field: str, value: object
+) -> None:
+    fields: dict[str, Any] = {"name": "hostile", "workdir": "/tmp/x", "command": "echo hi"}
+    spec = JobSpec(**{**fields, field: value})
+    paths = JobPaths(Path("/tmp/x"), "tag")
+    with pytest.raises(TemplateError) as caught:
+        render_script(hand_built_profile(scheduler), spec, paths)
+    assert f"job.{field}" in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("scheduler", ["slurm", "sge", "local"])
+def test_directive_filter_refuses_hand_built_paths(scheduler: str) -> None:
+    spec = JobSpec(name="hostile", workdir="/tmp/x", command="echo hi")
+    paths = JobPaths(Path("/tmp/x"), "tag.out\n#SBATCH --uid=0\n#$ -u root")
+    with pytest.raises(TemplateError, match=r"paths\.stdout"):
+        render_script(hand_built_profile(scheduler), spec, paths)
+
+
+@pytest.mark.parametrize(
+    "resource", ["sge_exclusive", "sge_gpu_resource", "sge_parallel_environment", "sge_memory"]
+)
+def test_directive_filter_refuses_a_profile_that_skipped_validation(resource: str) -> None:
+    """A profile copied with `model_copy(update=...)` is not validated again."""
+    profile = hand_built_profile("sge")
+    hostile = profile.resources.model_copy(update={resource: "x=true\n#$ -u root"})
+    profile = profile.model_copy(update={"resources": hostile})
+    spec = JobSpec(
+        name="hostile", workdir="/tmp/x", command="echo hi", cpus=2, memory_mb=100, gpus=1,
+        exclusive=True,
+    )  # fmt: skip
+    with pytest.raises(TemplateError, match=rf"resources\.{resource}"):
+        render_script(profile, spec, JobPaths(Path("/tmp/x"), "tag"))

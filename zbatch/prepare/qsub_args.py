@@ -24,7 +24,7 @@ def _take(tokens: list[str], index: int, option: str, where: str) -> str:
     return tokens[index]
 
 
-def _resource(request: str, out: dict[str, Any], where: str) -> bool:
+def _resource(request: str, out: dict[str, Any], where: str, exclusive: str) -> bool:
     key, _, value = request.partition("=")
     if key == "h_rt":
         out["time_limit_s"] = parse_duration(value, f"{where}: -l h_rt")
@@ -32,7 +32,7 @@ def _resource(request: str, out: dict[str, Any], where: str) -> bool:
         out["memory_per_cpu_mb"] = parse_memory_mb(value, f"{where}: -l {key}")
     elif key in ("gpus", "gpu"):
         out["gpus"] = safety.parse_int(value, f"{where}: -l {key}")
-    elif key == "exclusive":
+    elif key in ("exclusive", exclusive):  # SGE's usual name, or the site's (profile)
         out["exclusive"] = True
     else:
         return False
@@ -63,7 +63,9 @@ def translate_qsub_args(
             slots = _take(tokens, i + 2, option, given).split("-")[0]
             out["cpus"] = safety.parse_int(slots, f"{where}: -pe slots", minimum=1)
             i += 3
-        elif option == "-l" and _resource(_take(tokens, i + 1, option, given), out, where):
+        elif option == "-l" and _resource(
+            _take(tokens, i + 1, option, given), out, where, profile.resources.sge_exclusive
+        ):
             i += 2
         else:
             if not profile.allow_raw_scheduler_args:

@@ -15,6 +15,7 @@ from zbatch.model.message import start_messages
 from zbatch.model.profiles import Profile, load_profile
 from zbatch.model.recipe import Recipe
 from zbatch.prepare.parameters import read_step
+from zbatch.prepare.qsub_args import translate_qsub_args
 
 LEGACY = Path(__file__).resolve().parents[2] / "data" / "recipes" / "legacy-sge.json"
 QSUB = "-N fast_ep -pe smp 4 -l mfree=2G -l h_rt=2:00:00"
@@ -68,3 +69,12 @@ def test_both_spellings_at_once_are_refused() -> None:
 def test_bad_qsub_submission_parameters_name_the_key(value: object, expected: str) -> None:
     with pytest.raises(ParameterError, match=expected):
         spec_for({}, cluster={"qsub_submission_parameters": value})
+
+
+@pytest.mark.parametrize("name", ["exclusive", "excl"])
+def test_the_sites_exclusive_resource_is_read_as_exclusive(name: str) -> None:
+    site = profile().model_copy(
+        update={"resources": profile().resources.model_copy(update={"sge_exclusive": "excl"})}
+    )
+    tokens = ["-l", f"{name}=true"]
+    assert translate_qsub_args(tokens, site, "step 1") == {"exclusive": True}
