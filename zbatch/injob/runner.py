@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zbatch.errors import ParameterError, RecipeError, ZbatchError
+from zbatch.errors import ParameterError, ZbatchError
 from zbatch.injob.heartbeat import END, ERROR, PROCESSING, Heartbeat
 from zbatch.injob.outbox import Outbox, retry_window_s
 from zbatch.injob.tool_process import run_tool
@@ -52,13 +52,8 @@ def allocated_cpus() -> int:
 
 
 def load_message(path: Path) -> StepMessage:
-    limit = safejson.MAX_MESSAGE_BYTES
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read(limit + 1)
-    except OSError as exc:
-        raise RecipeError(f"{path}: cannot read recipe wrapper: {exc.strerror}") from None
-    return StepMessage.from_body(raw, source=str(path), max_bytes=limit)
+    data = safejson.load_file(path, kind="recipe wrapper")
+    return StepMessage.from_body(data, source=str(path))
 
 
 @dataclass

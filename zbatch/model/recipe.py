@@ -135,13 +135,8 @@ class Recipe:
 
     @classmethod
     def load(cls, path: str) -> Recipe:
-        limit = safejson.MAX_FILE_BYTES
-        try:
-            with open(path, "rb") as handle:
-                raw = handle.read(limit + 1)
-        except OSError as exc:
-            raise RecipeError(f"{path}: cannot read recipe: {exc.strerror}") from None
-        return cls.from_json(safejson.loads(raw, path, max_bytes=limit), source=path)
+        data = safejson.load_file(path, max_bytes=safejson.MAX_FILE_BYTES, kind="recipe")
+        return cls.from_json(data, source=path, depth_checked=True)
 
     def validate(self, source: str = "recipe") -> None:
         for node_id, _ in self.start:

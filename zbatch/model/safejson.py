@@ -94,14 +94,17 @@ def load_file(
     *,
     max_bytes: int = MAX_MESSAGE_BYTES,
     max_depth: int = MAX_DEPTH,
+    kind: str = "",
 ) -> Any:
-    """The value of a JSON file, read no further than `max_bytes` (plus one to notice more)."""
+    """The value of a JSON file, read no further than `max_bytes` (plus one to notice more);
+    `kind` names what the file should hold, for the error when it cannot be read."""
     name = what or str(path)
     try:
         with open(path, "rb") as handle:
             raw = handle.read(max_bytes + 1)
     except OSError as exc:
-        raise JsonError(f"{name}: cannot read: {exc.strerror or exc}") from None
+        reading = f"cannot read {kind}" if kind else "cannot read"
+        raise JsonError(f"{name}: {reading}: {exc.strerror or exc}") from None
     if len(raw) > max_bytes:
         raise JsonError(f"{name}: over the {max_bytes}-byte limit")
     return loads(raw, name, max_bytes=max_bytes, max_depth=max_depth)
