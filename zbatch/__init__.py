@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-# `zbatch --version` shows this, since asking importlib.metadata would slow every start; it
-# must equal pyproject.toml's version (tests/unit/cli/test_startup.py checks).
+# The one copy of the version: pyproject.toml reads it (dynamic), and `zbatch --version`
+# shows it without asking importlib.metadata, which would slow every start.
 __version__ = "0.1.0"
