@@ -23,22 +23,22 @@ class Lazy(NamedTuple):
 
 COMMANDS: dict[str, Lazy] = {
     "run": Lazy(
-        "zbatch.cli.jobs:run",
+        "zbatch.cli.run:run",
         "Run a whole recipe on this machine and wait; exit 0 only if every step succeeded.",
     ),
     "render": Lazy(
-        "zbatch.cli.jobs:render",
+        "zbatch.cli.render:render",
         "Print the job script a step would submit, without submitting it.",
     ),
     "submit": Lazy(
-        "zbatch.cli.jobs:submit",
+        "zbatch.cli.submit:submit",
         "Start a recipe: submit its start steps to a cluster, or publish it to a broker.",
     ),
     "status": Lazy(
-        "zbatch.cli.jobs:status",
+        "zbatch.cli.status:status",
         "Tracked jobs and their states (all of them when no JOB id is given).",
     ),
-    "cancel": Lazy("zbatch.cli.jobs:cancel", "Cancel tracked jobs, pending or running."),
+    "cancel": Lazy("zbatch.cli.status:cancel", "Cancel tracked jobs, pending or running."),
     "wrap": Lazy(
         "zbatch.cli.wrap:wrap", "Run a wrapper inside a job (the options of zocalo.wrap)."
     ),
