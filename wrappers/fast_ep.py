@@ -45,6 +45,7 @@ NAME_TYPES = {"fast_ep.log": "log", "shelxc.log": "log"}
 
 class FastEpWrapper(Wrapper):
     name = "fast_ep"
+    description = "fast_ep SAD phasing, run as python-dlstbx runs it."
 
     def program_name(self) -> str:
         given = self.params.get("create_symlink") or "fast_ep"

@@ -20,6 +20,7 @@ from zbatch.wrapper import Outcome, ResultFile, Wrapper, check_argument
 
 class GenericWrapper(Wrapper):
     name = "generic"
+    description = "Any program named in job_parameters.command, run without a shell."
 
     def command(self, workdir: Path) -> list[str]:  # noqa: ARG002 - the tool runs in it
         # This runs whatever program the message names, so it is as powerful as a recipe's

@@ -99,6 +99,7 @@ def _ispyb_value(key: str, value: object) -> object:
 
 class Xia2Wrapper(Wrapper):
     name = "xia2"
+    description = "xia2 data reduction, run as python-dlstbx runs it."
 
     @property
     def settings(self) -> dict[str, Any]:

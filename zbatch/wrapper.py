@@ -11,7 +11,7 @@ import math
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -83,6 +83,8 @@ class RunContext:
 
 class Wrapper(ABC):
     name: ClassVar[str]
+    # One line for `zbatch wrappers list`; empty: the first line of the class docstring.
+    description: ClassVar[str] = ""
 
     def __init__(self, context: RunContext) -> None:
         self.context = context
@@ -170,14 +172,58 @@ def installed() -> dict[str, str]:
     return {ep.name: ep.value for ep in entry_points(group="zbatch.wrappers")}
 
 
+@dataclass(frozen=True)
+class InstalledWrapper:
+    """One `zbatch.wrappers` entry point as `zbatch wrappers list` shows it."""
+
+    name: str
+    target: str  # "module:Class"
+    description: str = ""
+    error: str | None = None  # why it cannot be loaded; None when it loads
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "target": self.target,
+            "loads": self.error is None,
+            "description": self.description,
+            "error": self.error,
+        }
+
+
+def describe_installed() -> list[InstalledWrapper]:
+    """Every registered wrapper, loaded, by name: a broken one carries its error instead."""
+    found: list[InstalledWrapper] = []
+    for ep in sorted(entry_points(group="zbatch.wrappers"), key=lambda ep: ep.name):
+        try:
+            cls = _load(ep)
+        except WrapperError as exc:
+            found.append(InstalledWrapper(ep.name, ep.value, error=str(exc)))
+        else:
+            found.append(InstalledWrapper(ep.name, ep.value, description_of(cls)))
+    return found
+
+
+def description_of(cls: type[Wrapper]) -> str:
+    """The class's `description`, else the first line of its own docstring (not inherited)."""
+    text = cls.description or (cls.__doc__ or "").strip()
+    return text.splitlines()[0].strip() if text else ""
+
+
 def load_wrapper(name: str) -> type[Wrapper]:
     found = {ep.name: ep for ep in entry_points(group="zbatch.wrappers")}
     if name not in found:
         raise WrapperError(f"unknown wrapper {name!r}; installed: {', '.join(sorted(found))}")
+    return _load(found[name])
+
+
+def _load(ep: EntryPoint) -> type[Wrapper]:
     try:
-        cls = found[name].load()
+        cls = ep.load()
     except Exception as exc:  # noqa: BLE001 - a broken site package: one clear error
-        raise WrapperError(f"wrapper {name!r} cannot be loaded: {exc}") from None
+        # One line: a SyntaxError or an ImportError may span several.
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise WrapperError(f"wrapper {ep.name!r} cannot be loaded: {detail}") from None
     if not (isinstance(cls, type) and issubclass(cls, Wrapper)):
-        raise WrapperError(f"wrapper {name!r} ({found[name].value}) is not a zbatch Wrapper")
+        raise WrapperError(f"wrapper {ep.name!r} ({ep.value}) is not a zbatch Wrapper")
     return cls

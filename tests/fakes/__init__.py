@@ -224,8 +224,8 @@ def fake_profile(scheduler: str, workdir_root: Path, **fields: Any) -> Profile:
         "connection": {"type": "local", "command_timeout_s": 30},
         "defaults": {
             "partition": "debug" if scheduler == "slurm" else "all.q",
-            "memory_mb": 256,
-            "time_limit_s": "0:30:00",
+            "memory": 256,
+            "time_limit": "0:30:00",
         },
         "workdir_root": str(workdir_root),
         "allow_commands": True,

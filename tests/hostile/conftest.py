@@ -144,8 +144,8 @@ def write_profile(directory: Path, name: str, world: HostileWorld, **fields: Any
         "allow_commands": False,
         # The job runs this checkout's zbatch, whatever is installed.
         "zbatch_command": ["/usr/bin/env", f"PYTHONPATH={REPO}", sys.executable, "-m", "zbatch"],
-        "defaults": {"cpus": 1, "time_limit_s": "0:10:00"},
-        "limits": {"max_cpus": 4, "max_time_limit_s": "24:00:00"},
+        "defaults": {"cpus": 1, "time_limit": "0:10:00"},
+        "limits": {"max_cpus": 4, "max_time_limit": "24:00:00"},
     }
     data.update(fields)
     path = directory / f"{name}.yaml"

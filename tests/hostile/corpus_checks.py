@@ -47,7 +47,8 @@ VALUE_OPTIONS = ("--wrap", "--recipewrapper", "--embedded-db", "--rabbit-conf")
 
 
 def shipped_profiles() -> list[Path]:
-    return sorted(SHIPPED_PROFILES.glob("*.yaml"))
+    # reference.yaml lists every key at its default: documentation, not a site's settings.
+    return sorted(p for p in SHIPPED_PROFILES.glob("*.yaml") if p.stem != "reference")
 
 
 # ---------------------------------------------------------------------------------------------

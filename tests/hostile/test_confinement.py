@@ -62,9 +62,10 @@ def run(zbatch: ZbatchRun, tmp_path: Path, profile: Path, recipe: dict[str, Any]
 
 
 def refused(result: Any, *words: str) -> None:
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert "Traceback" not in result.stderr, result.stderr
-    line = next(x for x in result.stdout.splitlines() if "refused" in x)
+    """`zbatch run` checks every step before submitting any: one line, exit 2, no job."""
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "submitted" not in result.stdout, result.stdout
+    line = one_line_error(result)
     for word in words:
         assert word in line, line
 

@@ -193,7 +193,7 @@ def test_ssh_submit_stages_the_message_and_script_for_the_jobs_user_only(
     profile = ssh_profile(tmp_path, root)
     result = zbatch("submit", str(recipe), "--profile", str(profile), "--wait", "--json")
     assert result.returncode == 0, result.stdout + result.stderr
-    (entry,) = json.loads(result.stdout)
+    (entry,) = json.loads(result.stdout)["jobs"]
     assert entry["state"] == "succeeded", entry
     job = root / "job"
     (message,) = job.glob("*.recipewrap.json")

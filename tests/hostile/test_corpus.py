@@ -365,7 +365,7 @@ def wrap_once(case: Case, hostile: HostileWorld, tmp_path: Path, root: Path | No
     env: dict[str, str | None] = {"ZBATCH_CPUS": None, "SLURM_CPUS_PER_TASK": None, "NSLOTS": None}
     for key, value in case.spec.get("env", {}).items() if case.kind == "jobenv" else []:
         env[key] = expand_text(value, markers)
-    args = ["wrap", "--wrap", name, "--recipewrapper", str(path), "--dry-run"]
+    args = ["wrap", "--wrap", name, "--recipewrapper", str(path), "--dry-run", "--json"]
     facts = None
     if root is not None:
         args += ["--workdir-root", str(root)]

@@ -312,7 +312,7 @@ def test_wrap_with_junk_cpu_variables_runs(tmp_path: Path, zbatch: ZbatchRun) ->
     path = tmp_path / "m.recipewrap.json"
     path.write_text(json.dumps(message.to_body()))
     env = {"SLURM_CPUS_PER_TASK": "²", "NSLOTS": "9" * 400, "ZBATCH_CPUS": ""}
-    args = ("wrap", "--wrap", "generic", "--recipewrapper", str(path), "--dry-run")
+    args = ("wrap", "--wrap", "generic", "--recipewrapper", str(path), "--dry-run", "--json")
     result = zbatch(*args, env=env)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr

@@ -9,6 +9,7 @@ environment names that are not shell identifiers, each as one clear line; it war
 from __future__ import annotations
 
 import logging
+import re
 import socket
 from pathlib import Path
 from typing import Any
@@ -74,11 +75,14 @@ UNWORKABLE = [
     (BASE + "connection: {type: drmaa}\n", "connection.type: drmaa reaches SGE only"),
     (BASE + "connection: {type: ssh, user: gda2}\n", "connection.host: missing"),
     (BASE + "connection: {type: ssh, host: login}\n", "zbatch_command: missing"),
+    (BASE + "drmaa: {sge_cell: default}\n", "drmaa: only read by connection.type drmaa"),
 ]
 
 
 @pytest.mark.parametrize(
-    ("text", "expected"), UNWORKABLE, ids=["slurm-drmaa", "ssh-no-host", "ssh-no-zbatch"]
+    ("text", "expected"),
+    UNWORKABLE,
+    ids=["slurm-drmaa", "ssh-no-host", "ssh-no-zbatch", "drmaa-settings-unread"],
 )
 def test_profiles_check_refuses_an_unworkable_connection(
     text: str, expected: str, tmp_path: Path, zbatch: ZbatchRun
@@ -87,6 +91,242 @@ def test_profiles_check_refuses_an_unworkable_connection(
     line = one_line_error(done)
     assert done.returncode == 2, done
     assert line.startswith(f"zbatch: error: {tmp_path / 'site.yaml'}: {expected}"), line
+
+
+# Defaults above limits: every step left to the default would fail, blaming the step.
+ABOVE_LIMITS = [
+    (
+        "defaults: {cpus: 64}\nlimits: {max_cpus: 32}\n",
+        "defaults.cpus: 64 is above limits.max_cpus (32)",
+    ),
+    (
+        "defaults: {memory: 16G}\nlimits: {max_memory: 8G}\n",
+        "defaults.memory: 16384 MB is above limits.max_memory (8192 MB)",
+    ),
+    (
+        'defaults: {time_limit: "50:00:00"}\nlimits: {max_time_limit: "48:00:00"}\n',
+        "defaults.time_limit: 50:00:00 is above limits.max_time_limit (48:00:00)",
+    ),
+    (
+        "defaults: {gpus: 2}\nlimits: {max_gpus: 1}\n",
+        "defaults.gpus: 2 is above limits.max_gpus (1)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), ABOVE_LIMITS, ids=["cpus", "memory", "time", "gpus"])
+def test_defaults_above_limits_are_refused(
+    text: str, expected: str, tmp_path: Path, zbatch: ZbatchRun
+) -> None:
+    line = one_line_error(check(zbatch, tmp_path, BASE + text))
+    assert line.startswith(f"zbatch: error: {tmp_path / 'site.yaml'}: {expected}"), line
+    key = expected.split(":")[0]
+    assert f"lower {key} or raise limits.max_" in line, line
+
+
+def test_defaults_above_limits_are_refused_wherever_the_profile_is_loaded(
+    tmp_path: Path, zbatch: ZbatchRun
+) -> None:
+    profile = tmp_path / "site.yaml"
+    profile.write_text(
+        "name: site\nscheduler: local\ndefaults: {cpus: 64}\nlimits: {max_cpus: 32}\n"
+    )
+    recipe = {"1": {"parameters": {"wrapper": "xia2"}}, "start": [[1, {}]]}
+    path = write_recipe(tmp_path / "r.json", recipe)
+    line = one_line_error(zbatch("render", "--recipe", str(path), "--profile", str(profile)))
+    assert "defaults.cpus: 64 is above limits.max_cpus (32)" in line, line
+
+
+RENAMED = [
+    ("defaults: {memory_mb: 16G}\n", "defaults.memory_mb: renamed; write defaults.memory"),
+    (
+        'defaults: {time_limit_s: "2:00:00"}\n',
+        "defaults.time_limit_s: renamed; write defaults.time_limit",
+    ),
+    ("limits: {max_memory_mb: 256G}\n", "limits.max_memory_mb: renamed; write limits.max_memory"),
+    (
+        "limits: {max_time_limit_s: 3600}\n",
+        "limits.max_time_limit_s: renamed; write limits.max_time_limit",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), RENAMED, ids=lambda v: repr(v)[:30])
+def test_old_key_names_are_refused_with_the_new_one(
+    text: str, expected: str, tmp_path: Path, zbatch: ZbatchRun
+) -> None:
+    line = one_line_error(check(zbatch, tmp_path, BASE + text))
+    assert line.startswith(f"zbatch: error: {tmp_path / 'site.yaml'}: {expected}"), line
+
+
+def test_new_key_names_take_units(tmp_path: Path, zbatch: ZbatchRun) -> None:
+    text = BASE + 'defaults: {memory: 16G, time_limit: "2:00:00"}\n'
+    text += 'limits: {max_memory: 256G, max_time_limit: "48:00:00"}\n'
+    done = check(zbatch, tmp_path, text)
+    assert done.returncode == 0, done.stderr
+    profile = load_profile_file(tmp_path / "site.yaml")
+    assert (profile.defaults.memory, profile.defaults.time_limit) == (16384, 7200)
+    assert (profile.limits.max_memory, profile.limits.max_time_limit) == (262144, 172800)
+
+
+def test_yaml_error_gives_line_and_column(tmp_path: Path, zbatch: ZbatchRun) -> None:
+    line = one_line_error(check(zbatch, tmp_path, BASE + "defaults:\n  cpus: 2\n   gpus: 1\n"))
+    assert f"{tmp_path / 'site.yaml'}: not valid YAML: line 5, column 8: " in line, line
+
+
+SSH_SITE = BASE + "zbatch_command: [/opt/zbatch/bin/zbatch]\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            SSH_SITE + "connection: {type: ssh, host: login, key_file: /nonexistent/id_ed25519}\n",
+            "connection.key_file: /nonexistent/id_ed25519 does not exist on this machine",
+        ),
+        (
+            SSH_SITE + "connection: {type: ssh, host: login, known_hosts: /nonexistent/kh}\n",
+            "connection.known_hosts: /nonexistent/kh does not exist on this machine",
+        ),
+        (
+            BASE + "template_dir: /nonexistent/templates\n",
+            "template_dir: /nonexistent/templates is not a folder",
+        ),
+        (
+            "name: site\nscheduler: sge\nconnection: {type: drmaa}\n"
+            "drmaa: {library_path: /nonexistent/libdrmaa.so}\n",
+            "drmaa.library_path: /nonexistent/libdrmaa.so does not exist on this machine",
+        ),
+    ],
+    ids=["key_file", "known_hosts", "template_dir", "drmaa-library"],
+)
+def test_missing_files_are_refused_by_check(
+    text: str, expected: str, tmp_path: Path, zbatch: ZbatchRun
+) -> None:
+    line = one_line_error(check(zbatch, tmp_path, text))
+    assert line.startswith(f"zbatch: error: {tmp_path / 'site.yaml'}: {expected}"), line
+
+
+def test_missing_files_are_a_warning_when_listed(tmp_path: Path, zbatch: ZbatchRun) -> None:
+    (tmp_path / "site.yaml").write_text(
+        SSH_SITE + "connection: {type: ssh, host: login, key_file: /nonexistent/id}\n"
+    )
+    done = zbatch("profiles", "list", env={"ZBATCH_CONFIG_DIR": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    (warning,) = done.stderr.splitlines()
+    assert warning.startswith(f"zbatch: warning: {tmp_path / 'site.yaml'}: connection.key_file")
+    assert "site " in done.stdout and "slurm via ssh" in done.stdout
+
+
+def test_a_missing_template_dir_never_falls_back_to_the_shipped_templates(
+    tmp_path: Path, work_root: Path, zbatch: ZbatchRun
+) -> None:
+    profile = tmp_path / "site.yaml"
+    profile.write_text(
+        f"name: site\nscheduler: local\nworkdir_root: {work_root}\n"
+        "template_dir: /nonexistent/templates\n"
+    )
+    recipe = {
+        "1": {"parameters": {"wrapper": "xia2", "workingdir": str(work_root / "a")}},
+        "start": [[1, {}]],
+    }
+    path = write_recipe(tmp_path / "r.json", recipe)
+    line = one_line_error(zbatch("render", "--recipe", str(path), "--profile", str(profile)))
+    assert "template_dir /nonexistent/templates is not a folder" in line, line
+
+
+def test_profiles_are_found_by_name_and_by_file_name_yaml_or_yml(
+    tmp_path: Path, zbatch: ZbatchRun
+) -> None:
+    (tmp_path / "beamline-cluster.yml").write_text("name: i04\nscheduler: local\n")
+    env = {"ZBATCH_CONFIG_DIR": str(tmp_path)}
+    for name in ("i04", "beamline-cluster"):
+        done = zbatch("profiles", "check", name, env=env)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith(f"ok: {name} (i04: local via local)"), done.stdout
+    listed = zbatch("profiles", "list", env=env)
+    assert f"i04 {' ' * 16} local via local    {tmp_path / 'beamline-cluster.yml'}" in listed.stdout
+
+
+def test_two_files_claiming_one_name_are_an_error_naming_both(
+    tmp_path: Path, zbatch: ZbatchRun
+) -> None:
+    (tmp_path / "a.yaml").write_text("name: i04\nscheduler: local\n")
+    (tmp_path / "i04.yml").write_text("name: i04\nscheduler: slurm\n")
+    env = {"ZBATCH_CONFIG_DIR": str(tmp_path)}
+    line = one_line_error(zbatch("profiles", "check", "i04", env=env))
+    both = f"{tmp_path / 'a.yaml'} and {tmp_path / 'i04.yml'}"
+    assert f"profile 'i04' is claimed by {both}" in line, line
+    done = zbatch("profiles", "check", env=env)
+    assert done.returncode == 2 and f"'i04' is claimed by {both}" in done.stderr, done.stderr
+
+
+# The snippet README.md showed before templates had blocks: copied literally, its script has
+# no output, error or working directory, no marker and no resources.
+OLD_README_TEMPLATE = """#!/bin/bash
+#SBATCH --job-name={{ job.name | directive("job.name") }}
+#SBATCH --reservation=beamtime
+{% include "_body.sh.j2" %}
+"""
+EXTENDING_TEMPLATE = """{% extends "slurm.sh.j2" %}
+{% block directives %}
+#SBATCH --reservation=beamtime
+{% endblock %}
+{% block setup %}
+{{ super() -}}
+module load global/cluster
+{% endblock %}
+"""
+
+
+def site_with_template(tmp_path: Path, template: str) -> str:
+    folder = tmp_path / "templates"
+    folder.mkdir()
+    (folder / "slurm.sh.j2").write_text(template)
+    return template_profile(tmp_path, folder)
+
+
+def test_a_site_template_dropping_required_parts_is_refused(
+    tmp_path: Path, zbatch: ZbatchRun
+) -> None:
+    line = one_line_error(
+        check(zbatch, tmp_path, site_with_template(tmp_path, OLD_README_TEMPLATE))
+    )
+    assert (
+        f"template_dir {tmp_path / 'templates'}: slurm.sh.j2 leaves out '#SBATCH --output=" in line
+    )
+    assert "and 7 more required lines" in line and '{% extends "slurm.sh.j2" %}' in line, line
+
+
+def test_a_site_template_extending_the_shipped_one_passes(
+    tmp_path: Path, zbatch: ZbatchRun
+) -> None:
+    done = check(zbatch, tmp_path, site_with_template(tmp_path, EXTENDING_TEMPLATE))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("ok: ")
+
+
+def test_the_readme_template_example_extends_and_passes(tmp_path: Path, zbatch: ZbatchRun) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    match = re.search(r"```jinja\n(\{% extends \"slurm.sh.j2\" %\}\n.*?)```", readme, re.S)
+    assert match, "README.md lost its template example"
+    done = check(zbatch, tmp_path, site_with_template(tmp_path, match.group(1)))
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_site_template_that_does_not_render_is_refused(tmp_path: Path, zbatch: ZbatchRun) -> None:
+    text = site_with_template(tmp_path, '{% extends "slurm.sh.j2" %}\n{% block setup %}\n')
+    line = one_line_error(check(zbatch, tmp_path, text))
+    assert f"does not render: template {tmp_path / 'templates' / 'slurm.sh.j2'} line 2" in line
+
+
+def test_a_site_template_including_itself_is_one_line(tmp_path: Path, zbatch: ZbatchRun) -> None:
+    folder = tmp_path / "templates"
+    folder.mkdir()
+    (folder / "slurm.sh.j2").write_text('{% include "_loop.sh.j2" %}\n')
+    (folder / "_loop.sh.j2").write_text('{% include "slurm.sh.j2" %}\n')
+    line = one_line_error(check(zbatch, tmp_path, template_profile(tmp_path, folder)))
+    assert "includes or extends itself without end" in line, line
 
 
 def test_a_merge_may_still_override(tmp_path: Path) -> None:
@@ -194,6 +434,9 @@ def test_allowing_a_steering_variable_is_a_warning(tmp_path: Path, zbatch: Zbatc
     assert "lets messages set PATH," in warning
 
 
+# The loopback profiles name the sshd service's key and known_hosts, sge-drmaa SGE's files.
+@pytest.mark.ssh
+@pytest.mark.sge
 def test_shipped_profiles_check_clean(zbatch: ZbatchRun) -> None:
     done = zbatch("profiles", "check")
     assert done.returncode == 0, done.stderr

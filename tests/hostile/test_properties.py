@@ -270,7 +270,9 @@ def test_xia2_arguments_stay_single_assignments(
     }
     path = Path(tmp_path_factory.getbasetemp()) / "property.recipewrap.json"
     path.write_bytes(dumps(body).encode("utf-8", "surrogatepass"))
-    outcome = run_inprocess(["wrap", "--wrap", "xia2", "--recipewrapper", str(path), "--dry-run"])
+    outcome = run_inprocess(
+        ["wrap", "--wrap", "xia2", "--recipewrapper", str(path), "--dry-run", "--json"]
+    )
     assert outcome.crash is None, outcome.crash
     assert "Traceback" not in outcome.stderr, outcome.stderr
     if outcome.exit_code != 0:

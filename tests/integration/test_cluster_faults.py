@@ -133,13 +133,13 @@ def test_status_and_cancel_commands_over_ssh(tmp_path: Path, zbatch: ZbatchRun) 
     recipe = write_recipe(tmp_path / "r.json", {"1": step, "start": [[1, {}]]})
     submitted = zbatch("submit", str(recipe), "--profile", "slurm-over-ssh", "--json")
     assert submitted.returncode == 0, submitted.stderr
-    (entry,) = json.loads(submitted.stdout)
+    (entry,) = json.loads(submitted.stdout)["jobs"]
     job_id = entry["job_id"]
     cancelled = zbatch("cancel", job_id)
     assert cancelled.returncode == 0, cancelled.stderr
     deadline = time.monotonic() + 60
     while True:
-        (state,) = json.loads(zbatch("status", "--json", job_id).stdout)
+        (state,) = json.loads(zbatch("status", "--json", job_id).stdout)["jobs"]
         if state["state"] == "cancelled" or time.monotonic() > deadline:
             break
         time.sleep(1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import queue
 import re
 import signal
@@ -87,7 +86,4 @@ def test_endpoints_metrics_and_sigterm(tmp_path: Path, make_profile: Any, work_r
     while not lines.empty():
         rest.append(lines.get())
     (summary,) = [line for line in rest if line.startswith("dispatcher stopped: ")]
-    assert ast.literal_eval(summary.removeprefix("dispatcher stopped: ")) == {
-        "submitted": 1,
-        "dead-lettered": 1,
-    }
+    assert summary == "dispatcher stopped: 1 dead-lettered, 1 submitted\n"

@@ -150,7 +150,7 @@ def test_kept_results_are_delivered_once_across_an_outage_and_restarts(
         assert entry.state == JobState.SUCCEEDED.value
         assert entry.owes.channels == ["starting", "success", "completed"]
     track_until([first], lambda: flaky(first).refused >= 2, timeout=30)  # a retry, refused
-    shown = json.loads(zbatch("status", "--json", "--no-refresh").stdout)
+    shown = json.loads(zbatch("status", "--json", "--no-refresh").stdout)["jobs"]
     assert [s["owed"] for s in shown] == [["starting", "success", "completed"]] * 3
     assert any("test outage" in s["owed_error"] for s in shown)
     text = zbatch("status", "--owed", "--no-refresh").stdout
@@ -182,7 +182,8 @@ def test_kept_results_are_delivered_once_across_an_outage_and_restarts(
     assert not per_queue["failed"]
     for entry in entries(third.ledger, messages):
         assert entry.reported & Reported.OUTBOX and not entry.owed_by and not entry.owed_error
-    assert json.loads(zbatch("status", "--json", "--no-refresh").stdout)[0]["owed"] == []
+    shown = json.loads(zbatch("status", "--json", "--no-refresh").stdout)["jobs"]
+    assert shown[0]["owed"] == []
 
 
 def test_failure_owed_by_a_silently_dead_job_is_reported_once_after_a_restart(

@@ -44,7 +44,7 @@ def test_failure_follows_the_failure_output(
         "run", str(write_recipe(tmp_path / "r.json", recipe)), "--profile", str(make_profile())
     )
     assert result.returncode == 1
-    assert "step 1 failed (exit code 1)" in result.stdout
+    assert "step 1 failed (sh exited with code 3)" in result.stdout
     assert "0 step(s) succeeded, 1 failed" in result.stdout
     (failure,) = queue_bodies(work_root, "failures")
     assert failure["payload"] == "sh exited with code 3"
@@ -111,11 +111,11 @@ def test_submit_status_cancel(tmp_path: Path, make_profile: Any, zbatch: ZbatchR
     )
     submitted = zbatch("submit", str(recipe), "--profile", profile, "--json")
     assert submitted.returncode == 0, submitted.stderr
-    (entry,) = json.loads(submitted.stdout)
+    (entry,) = json.loads(submitted.stdout)["jobs"]
     job_id = entry["job_id"]
     deadline = time.monotonic() + 20
     while True:
-        (state,) = json.loads(zbatch("status", "--json", job_id).stdout)
+        (state,) = json.loads(zbatch("status", "--json", job_id).stdout)["jobs"]
         if state["state"] == "running" or time.monotonic() > deadline:
             break
         time.sleep(0.2)
@@ -125,7 +125,7 @@ def test_submit_status_cancel(tmp_path: Path, make_profile: Any, zbatch: ZbatchR
     deadline = time.monotonic() + 20
     while state["state"] not in ("cancelled", "failed") and time.monotonic() < deadline:
         time.sleep(0.2)
-        (state,) = json.loads(zbatch("status", "--json", job_id).stdout)
+        (state,) = json.loads(zbatch("status", "--json", job_id).stdout)["jobs"]
     assert state["state"] == "cancelled"
 
 

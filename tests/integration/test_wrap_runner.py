@@ -99,7 +99,7 @@ def test_failure_exits_non_zero_unlike_zocalo_wrap(tmp_path: Path) -> None:
 
 def test_dry_run_prints_the_command(tmp_path: Path) -> None:
     path = write_step(tmp_path, ["echo", "$(touch x)", "a b"])
-    argv = [*wrap_argv(path, tmp_path / "q.sqlite"), "--dry-run"]
+    argv = [*wrap_argv(path, tmp_path / "q.sqlite"), "--dry-run", "--json"]
     done = subprocess.run(argv, capture_output=True, text=True, check=True)
     assert json.loads(done.stdout)["argv"] == ["echo", "$(touch x)", "a b"]
     assert not (tmp_path / "q.sqlite").exists()

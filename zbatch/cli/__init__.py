@@ -39,6 +39,10 @@ COMMANDS: dict[str, Lazy] = {
         "Tracked jobs and their states (all of them when no JOB id is given).",
     ),
     "cancel": Lazy("zbatch.cli.status:cancel", "Cancel tracked jobs, pending or running."),
+    "logs": Lazy(
+        "zbatch.cli.logs:logs",
+        "Print a job's stdout and stderr, read where the job ran (locally or over SSH).",
+    ),
     "wrap": Lazy(
         "zbatch.cli.wrap:wrap", "Run a wrapper inside a job (the options of zocalo.wrap)."
     ),
@@ -116,8 +120,8 @@ def main(verbose: int) -> None:
 
     \b
     Example:
-      zbatch run examples/hello.json
-      zbatch render --profile slurm-local --recipe examples/hello.json --step 1
+      zbatch run examples/hello.json -p local-commands --param who=me
+      zbatch render examples/hello.json --profile slurm-local --step 1 --param who=me
     """
     import logging  # here: --help and --version configure no logging, so need not load it
 

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import click
+from click.decorators import FC
 
 from zbatch.errors import ZbatchError
 
@@ -42,20 +44,53 @@ def parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
     return params
 
 
-def transport_options(func: Any) -> Any:
-    """--transport pika|embedded with --rabbit-conf and --embedded-db, as every service takes."""
-    func = click.option("--rabbit-conf", metavar="FILE", help="RabbitMQ settings ([rabbit] INI).")(
-        func
-    )
-    func = click.option("--embedded-db", metavar="FILE", help="SQLite queue (embedded).")(func)
+# One set of transport names and one help text for every command's --transport.
+TRANSPORTS = ("embedded", "pika")
+TRANSPORT_HELP = "Which queue: embedded (SQLite file on this machine) or pika (RabbitMQ)."
+
+
+class TransportChoice(click.Choice[str]):
+    """`embedded|pika`; also takes hidden aliases (zocalo.wrap's `PikaTransport`) that
+    old job scripts still pass, without showing them in --help or in error messages."""
+
+    def __init__(self, aliases: dict[str, str] | None = None) -> None:
+        super().__init__(TRANSPORTS)
+        self.aliases = dict(aliases or {})
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and value in self.aliases:
+            return self.aliases[value]
+        return super().convert(value, param, ctx)
+
+
+def transport_option(
+    default: str | None = "pika",
+    *flags: str,
+    dest: str = "kind",
+    aliases: dict[str, str] | None = None,
+) -> Callable[[FC], FC]:
+    """The --transport option, with TRANSPORTS and TRANSPORT_HELP (flags: extra spellings).
+
+    `default=None` leaves it unset unless given (for a command that can also do without a
+    queue); `aliases` are extra names taken but never shown."""
     return click.option(
+        *flags,
         "--transport",
-        "kind",
-        type=click.Choice(["pika", "embedded"]),
-        default="pika",
+        dest,
+        type=TransportChoice(aliases),
+        default=default,
         show_default=True,
-        help="Which broker.",
+        help=TRANSPORT_HELP,
+    )
+
+
+def transport_options(func: Any) -> Any:
+    """--transport embedded|pika with --rabbit-conf and --embedded-db, as every service takes."""
+    func = click.option(
+        "--rabbit-conf", metavar="FILE", help="RabbitMQ settings ([rabbit] INI) for pika."
     )(func)
+    func = click.option("--embedded-db", metavar="FILE", help="SQLite queue for embedded.")(func)
+    return transport_option()(func)
 
 
 def echo_json(data: Any) -> None:

@@ -9,10 +9,17 @@ profile_option = click.option(
 )
 param_option = click.option(
     "--param",
+    "-s",
+    "--set",
     "params",
     multiple=True,
     metavar="KEY=VALUE",
-    help="Fill the recipe's {KEY} placeholders (repeatable).",
+    help="Fill the recipe's {KEY} placeholders (repeatable; -s/--set as zocalo.go takes).",
+)
+dry_run_option = click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Check every wrapper step and print its job script and command; submit nothing.",
 )
 db_option = click.option(
     "--embedded-db",

@@ -8,7 +8,14 @@ import click
 
 from zbatch.cli._common import ZbatchGroup, echo_json, transport_options
 from zbatch.model.recipe import Recipe
-from zbatch.transport.admin import dlq_list, dlq_replay, dlq_show, setup_broker
+from zbatch.transport.admin import (
+    dlq_list,
+    dlq_name,
+    dlq_replay,
+    dlq_show,
+    empty_queue,
+    setup_broker,
+)
 from zbatch.transport.factory import TransportConfig, make_transport
 from zbatch.transport.pika import PikaTransport
 
@@ -23,7 +30,12 @@ def _open(kind: str, embedded_db: str | None, rabbit_conf: str | None) -> Any:
 
 @click.group(cls=ZbatchGroup)
 def broker() -> None:
-    """Provision RabbitMQ for zbatch and its recipes."""
+    """Provision RabbitMQ for zbatch and its recipes.
+
+    \b
+    Example:
+      zbatch broker setup --rabbit-conf /etc/zbatch/rabbit.ini --recipe my-recipe.json
+    """
 
 
 @broker.command("setup")
@@ -55,7 +67,7 @@ def broker_setup(
     for name in done.exchanges:
         click.echo(f"exchange {name}")
     for note in done.notes:
-        click.echo(f"note: {note}", err=True)
+        click.echo(f"zbatch: warning: {note}", err=True)
 
 
 def _recipe_queues(paths: tuple[str, ...]) -> list[str]:
@@ -69,7 +81,13 @@ def _recipe_queues(paths: tuple[str, ...]) -> list[str]:
 
 @click.group(cls=ZbatchGroup)
 def dlq() -> None:
-    """Inspect and replay dead-lettered messages."""
+    """Inspect and replay dead-lettered messages.
+
+    \b
+    Example:
+      zbatch dlq list
+      zbatch dlq show cluster.submission --transport embedded
+    """
 
 
 @dlq.command("list")
@@ -90,12 +108,18 @@ def dlq_list_cmd(
     finally:
         transport.disconnect()
     for name, count in counts.items():
-        click.echo(f"{name:<40} {count}")
+        click.echo(f"{name:<40} {count}" if count else empty_queue(name))
 
 
 @dlq.command("show")
 @click.argument("queue")
-@click.option("--limit", type=int, default=20, show_default=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="Show at most this many.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @transport_options
 def dlq_show_cmd(
@@ -119,17 +143,25 @@ def dlq_show_cmd(
         transport.disconnect()
     if as_json:
         echo_json(
-            [
-                {
-                    "dlq": d.dlq,
-                    "origin": d.origin,
-                    "reason": d.reason,
-                    "dead_lettered_at": d.dead_lettered_at,
-                    "body": d.body.decode("utf-8", "replace"),
-                }
-                for d in letters
-            ]
+            {
+                "schema": "zbatch.dead-letters/1",  # docs/json.md
+                "letters": [
+                    {
+                        "dlq": d.dlq,
+                        "origin": d.origin,
+                        "reason": d.reason,
+                        # ISO 8601 UTC, as every zbatch JSON time ("Z", not "+00:00").
+                        "dead_lettered_at": d.dead_lettered_at
+                        and d.dead_lettered_at.replace("+00:00", "Z"),
+                        "body": d.body.decode("utf-8", "replace"),
+                    }
+                    for d in letters
+                ],
+            }
         )
+        return
+    if not letters:
+        click.echo(empty_queue(queue))
         return
     for letter in letters:
         click.echo(f"{letter.dlq} -> {letter.origin}: {letter.reason or '(no reason recorded)'}")
@@ -137,7 +169,7 @@ def dlq_show_cmd(
 
 @dlq.command("replay")
 @click.argument("queue")
-@click.option("--limit", type=int, default=None, help="Replay at most this many.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Replay at most this many.")
 @transport_options
 def dlq_replay_cmd(
     queue: str, limit: int | None, kind: str, embedded_db: str | None, rabbit_conf: str | None
@@ -153,4 +185,7 @@ def dlq_replay_cmd(
         count = dlq_replay(transport, queue, limit)
     finally:
         transport.disconnect()
-    click.echo(f"replayed {count} message(s) from dlq.{queue.removeprefix('dlq.')}")
+    if not count:
+        click.echo(f"{empty_queue(queue)}: nothing replayed")
+        return
+    click.echo(f"replayed {count} message(s) from {dlq_name(queue)}")

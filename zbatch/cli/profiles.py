@@ -10,12 +10,17 @@ import click
 from zbatch.cli._common import EXIT_USER_ERROR, ZbatchGroup, echo_json
 from zbatch.errors import ZbatchError
 from zbatch.model.profiles import (
+    PROFILE_SUFFIXES,
     Profile,
+    ambiguity,
+    ambiguous_names,
     find_profiles,
     load_profile,
     load_profile_file,
+    missing_paths,
     profile_warnings,
 )
+from zbatch.prepare.template_check import template_problems
 
 
 @click.group(cls=ZbatchGroup)
@@ -27,6 +32,9 @@ def profiles() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def profiles_list(as_json: bool) -> None:
     """Profiles found on the search path (ZBATCH_CONFIG_DIR, ~/.config/zbatch/profiles, shipped).
+
+    Files a profile names that are missing here (key_file, known_hosts, template_dir) are
+    warned about on stderr; `zbatch profiles check` counts them as errors.
 
     \b
     Example:
@@ -47,12 +55,35 @@ def profiles_list(as_json: bool) -> None:
                 "error": None if profile else error,
             }
         )
+        for problem in missing_paths(profile) if profile else []:
+            click.echo(f"zbatch: warning: {problem}", err=True)
     if as_json:
-        echo_json(rows)
+        echo_json({"schema": "zbatch.profiles/1", "profiles": rows})  # docs/json.md
         return
     for row in rows:
         what = f"{row['scheduler']} via {row['connection']}" if not row["error"] else "INVALID"
         click.echo(f"{row['name']:<20} {what:<18} {row['path']}")
+
+
+def _load(target: str) -> Profile:
+    if Path(target).suffix in PROFILE_SUFFIXES:
+        return load_profile_file(target)
+    return load_profile(target)
+
+
+def _check(target: str) -> list[str]:
+    """Everything wrong with one profile, one line each; prints `ok` and warnings if nothing."""
+    try:
+        profile = _load(target)
+    except ZbatchError as exc:
+        return [str(exc)]
+    problems = missing_paths(profile) or template_problems(profile)
+    if problems:
+        return problems
+    click.echo(f"ok: {target} ({profile.name}: {profile.scheduler} via {profile.connection.type})")
+    for warning in profile_warnings(profile):
+        click.echo(f"zbatch: warning: {warning}", err=True)
+    return []
 
 
 @profiles.command("check")
@@ -60,28 +91,21 @@ def profiles_list(as_json: bool) -> None:
 def profiles_check(files: tuple[str, ...]) -> None:
     """Validate profiles (all known ones when no FILE is given); exit 2 if any is invalid.
 
-    Settings that are valid but risky (accept_unknown_hosts) are warned about on stderr.
+    Besides the keys, checks that defaults stay within the limits, that the files the profile
+    names on this machine (key_file, known_hosts, template_dir) exist, and that a site template
+    renders a sample step with every part zbatch relies on. Settings that are valid but risky
+    (accept_unknown_hosts) are warned about on stderr.
 
     \b
     Example:
       zbatch profiles check site-configs/slurm-local.yaml
     """
-    targets = list(files) or [str(p) for p in find_profiles().values()]
-    bad = 0
-    for target in targets:
-        try:
-            profile = (
-                load_profile(target)
-                if Path(target).suffix not in (".yaml", ".yml")
-                else load_profile_file(target)
-            )
-            click.echo(
-                f"ok: {target} ({profile.name}: {profile.scheduler} via {profile.connection.type})"
-            )
-            for warning in profile_warnings(profile):
-                click.echo(f"zbatch: warning: {warning}", err=True)
-        except ZbatchError as exc:
-            click.echo(f"zbatch: error: {exc}", err=True)
-            bad += 1
-    if bad:
+    problems: list[str] = []
+    if not files:
+        problems += [ambiguity(name, paths) for name, paths in ambiguous_names().items()]
+    for target in list(files) or [str(p) for p in find_profiles().values()]:
+        problems += _check(target)
+    for problem in problems:
+        click.echo(f"zbatch: error: {problem}", err=True)
+    if problems:
         sys.exit(EXIT_USER_ERROR)

@@ -30,14 +30,16 @@ def _step_message(recipe: Recipe, step: int | None) -> StepMessage:
 
 
 @click.command()
+@click.argument("recipe_arg", metavar="RECIPE", required=False)
 @profile_option
-@click.option("--recipe", "recipe_file", required=True, metavar="R", help="Recipe JSON file.")
+@click.option("--recipe", "recipe_file", metavar="R", help="The recipe, as an option (alias).")
 @click.option("--step", type=int, default=None, help="Node to render (default: first start node).")
 @param_option
 @db_option
 def render(
+    recipe_arg: str | None,
     profile_name: str | None,
-    recipe_file: str,
+    recipe_file: str | None,
     step: int | None,
     params: tuple[str, ...],
     embedded_db: str | None,
@@ -46,10 +48,14 @@ def render(
 
     \b
     Example:
-      zbatch render --profile slurm-local --recipe examples/hello.json --step 2
+      zbatch render examples/hello.json --profile slurm-local --step 2 -s who=me
     """
+    if recipe_arg and recipe_file and recipe_arg != recipe_file:
+        fail(f"two recipes given ({recipe_arg} and --recipe {recipe_file}); give one")
+    if not (recipe_arg or recipe_file):
+        fail("give the recipe: zbatch render RECIPE [--step N]")
     profile = load_profile(profile_name or "local")
-    recipe = Recipe.load(recipe_file).apply_parameters(parse_params(params))
+    recipe = Recipe.load(recipe_arg or recipe_file or "").apply_parameters(parse_params(params))
     config = TransportConfig("embedded", embedded_db)
     job = prepare_job(_step_message(recipe, step), profile, JobContext(config.job_args()))
     # Byte for byte what would be staged: click.echo strips ANSI escapes when not on a tty.

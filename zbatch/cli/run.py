@@ -2,45 +2,63 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import click
 
 from zbatch.cli._common import parse_params
-from zbatch.cli._options import param_option, profile_option
+from zbatch.cli._drive import checked_plan, drive, make_runner, show_dry_run
+from zbatch.cli._options import dry_run_option, param_option, profile_option
+from zbatch.cli._progress import ProgressView
 from zbatch.clusters import cluster_for
 from zbatch.model.jobs import JobState
 from zbatch.model.profiles import load_profile
 from zbatch.model.recipe import Recipe
-from zbatch.service.ledger import Ledger
-from zbatch.service.local_run import RecipeRunner
 
-
-def _run_root(workdir_root: str | None) -> Path:
-    return Path(os.path.expanduser(workdir_root or "~/zbatch-runs"))
+keep_running_option = click.option(
+    "--keep-running",
+    is_flag=True,
+    help="On Ctrl-C or --timeout, leave the run's jobs running (default: cancel them).",
+)
 
 
 @click.command()
 @click.argument("recipe_file", metavar="RECIPE")
 @profile_option
 @param_option
-@click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")
+@click.option(
+    "--timeout", type=float, default=None, help="Give up (and cancel) after this many seconds."
+)
+@keep_running_option
+@dry_run_option
 def run(
-    recipe_file: str, profile_name: str | None, params: tuple[str, ...], timeout: float | None
+    recipe_file: str,
+    profile_name: str | None,
+    params: tuple[str, ...],
+    timeout: float | None,
+    keep_running: bool,
+    dry_run: bool,
 ) -> None:
     """Run a whole recipe on this machine and wait; exit 0 only if every step succeeded.
 
+    Every wrapper step is checked against the profile before anything is submitted. Ctrl-C
+    or --timeout cancels the jobs the run started (exit 130 for Ctrl-C).
+
     \b
     Example:
-      zbatch run examples/hello.json --param greeting=hi
+      zbatch run examples/hello.json -p local-commands --param who=me
+      zbatch run examples/hello.json -p local-commands -s who=me --dry-run
     """
     profile = load_profile(profile_name or "local")
     recipe = Recipe.load(recipe_file)
+    values = parse_params(params)
     cluster = cluster_for(profile)
-    runner = RecipeRunner(profile, cluster, Ledger(), _run_root(profile.workdir_root), click.echo)
+    view = ProgressView()
     try:
-        outcomes = runner.run(recipe, parse_params(params), timeout)
+        runner = make_runner(profile, cluster, view)
+        plan = checked_plan(runner, recipe, values, dry_run)
+        if dry_run:
+            show_dry_run(plan.steps)
+            return
+        outcomes = drive(runner, plan, view, timeout, keep_running)
     finally:
         cluster.close()
     failed = [o for o in outcomes if o.state is not JobState.SUCCEEDED]

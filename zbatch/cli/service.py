@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
 
@@ -107,7 +108,15 @@ def dispatcher(
         cluster.close()
         if server is not None:
             server.stop()
-    click.echo(f"dispatcher stopped: {dict(service.outcomes)}", err=True)
+    click.echo(f"dispatcher stopped: {outcome_summary(service.outcomes)}", err=True)
+
+
+def outcome_summary(outcomes: Mapping[str, int]) -> str:
+    """`2 submitted, 1 dead-lettered`: what became of the messages handled, most first."""
+    if not outcomes:
+        return "no messages handled"
+    ranked = sorted(outcomes.items(), key=lambda item: (-item[1], item[0]))
+    return ", ".join(f"{count} {outcome}" for outcome, count in ranked)
 
 
 @click.command("recipe-starter")
@@ -118,7 +127,7 @@ def dispatcher(
     help="Folder of <name>.json recipes that requests may name.",
 )
 @transport_options
-@click.option("--queue", default=QUEUE, show_default=True)
+@click.option("--queue", default=QUEUE, show_default=True, help="Queue of recipe requests.")
 @click.option("--max-messages", type=int, default=None, hidden=True)
 def recipe_starter(
     recipe_dir: str,

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import sys
+import uuid
+
 import click
 
 from zbatch.cli._common import echo_json, fail, parse_params
+from zbatch.cli._drive import checked_plan, drive, make_runner, show_dry_run, warn_unused
 from zbatch.cli._entries import print_entries
-from zbatch.cli._options import db_option, param_option, profile_option
-from zbatch.clusters import cluster_for
+from zbatch.cli._options import db_option, dry_run_option, param_option, profile_option
+from zbatch.cli._progress import ProgressView
+from zbatch.clusters import Cluster, cluster_for
 from zbatch.model.jobs import JobState
 from zbatch.model.message import start_messages
-from zbatch.model.profiles import load_profile
+from zbatch.model.profiles import Profile, load_profile
 from zbatch.model.recipe import Recipe
 from zbatch.prepare.job_files import JobContext
-from zbatch.prepare.parameters import is_wrapper_step
-from zbatch.service import status_refresh
-from zbatch.service.ledger import Ledger
+from zbatch.prepare.recipe_check import CheckedStep, check_filled, check_recipe
+from zbatch.service.ledger import Ledger, LedgerEntry
 from zbatch.service.submitter import Submitter
 from zbatch.transport.factory import TransportConfig, make_transport
 
@@ -35,7 +39,12 @@ from zbatch.transport.factory import TransportConfig, make_transport
     "start messages for a dispatcher.",
 )
 @click.option("--rabbit-conf", metavar="FILE", help="RabbitMQ settings for --transport pika.")
-@click.option("--wait", is_flag=True, help="Wait for the jobs; exit 0 only if all succeeded.")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Drive the whole recipe (later steps too) and wait; exit 0 only if all succeeded.",
+)
+@dry_run_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def submit(
     recipe_file: str,
@@ -45,34 +54,121 @@ def submit(
     kind: str,
     rabbit_conf: str | None,
     wait: bool,
+    dry_run: bool,
     as_json: bool,
 ) -> None:
     """Start a recipe: submit its start steps to a cluster, or publish it to a broker.
 
+    Every wrapper step is checked against the profile before anything is submitted.
+
     \b
     Example:
-      zbatch submit examples/hello.json --profile slurm-local --wait
-      zbatch submit examples/hello.json --transport pika
+      zbatch submit examples/hello.json --profile slurm-local -s who=me --wait
+      zbatch submit examples/hello.json --transport pika --param who=me
     """
-    recipe = Recipe.load(recipe_file).apply_parameters(parse_params(params))
+    source = Recipe.load(recipe_file)
+    values = parse_params(params)
     if kind != "direct":
         if wait:
             fail("--wait needs --transport direct; a dispatcher runs brokered recipes")
-        _publish(recipe, TransportConfig(kind, embedded_db, rabbit_conf), as_json)
+        check_filled(source, values)
+        if profile_name is not None:  # the dispatcher's profile, when the user names it
+            _check_direct(source, values, load_profile(profile_name), embedded_db, True)[1].close()
+        warn_unused(source, values)
+        if dry_run:
+            click.echo("dry run: the recipe's start messages were checked, nothing was published")
+            return
+        _publish(
+            source.apply_parameters(values),
+            TransportConfig(kind, embedded_db, rabbit_conf),
+            as_json,
+        )
         return
+    if wait and embedded_db is not None:
+        fail("--wait drives the recipe through a queue of its own; leave out --embedded-db")
     profile = load_profile(profile_name or "local")
-    cluster = cluster_for(profile)
-    ledger = Ledger()
-    config = TransportConfig("embedded", embedded_db)
-    submitter = Submitter(profile, cluster, ledger, JobContext(config.job_args()))
-    entries = [submitter.submit(m).entry for m in start_messages(recipe) if is_wrapper_step(m.step)]
-    if not entries:
-        fail(f"{recipe_file}: no start node is a wrapper step")
     if wait:
-        entries = status_refresh.wait_for(cluster, ledger, profile, entries)
-    cluster.close()
+        _submit_and_wait(source, values, profile, as_json, dry_run)
+        return
+    steps, cluster = _check_direct(source, values, profile, embedded_db, dry_run)
+    warn_unused(source, values)
+    try:
+        if dry_run:
+            show_dry_run(steps)
+            return
+        entries = _submit_starts(steps, profile, cluster, embedded_db)
+    finally:
+        cluster.close()
     print_entries(entries, as_json)
-    if wait and any(e.state is not JobState.SUCCEEDED for e in entries):
+    _say_waiting(steps, embedded_db)
+
+
+def _check_direct(
+    recipe: Recipe,
+    values: dict[str, str],
+    profile: Profile,
+    embedded_db: str | None,
+    dry_run: bool,
+) -> tuple[list[CheckedStep], Cluster]:
+    """Every wrapper step checked as it would be sent (raises the first step's error)."""
+    cluster = cluster_for(profile)
+    context = JobContext(TransportConfig("embedded", embedded_db).job_args())
+    try:
+        steps = check_recipe(
+            recipe,
+            values,
+            profile,
+            context if dry_run else context.on(cluster),
+            {"ID": str(uuid.uuid4())},
+        )
+    except BaseException:
+        cluster.close()
+        raise
+    return steps, cluster
+
+
+def _submit_starts(
+    steps: list[CheckedStep], profile: Profile, cluster: Cluster, embedded_db: str | None
+) -> list[LedgerEntry]:
+    config = TransportConfig("embedded", embedded_db)
+    submitter = Submitter(profile, cluster, Ledger(), JobContext(config.job_args()))
+    starts = [s.message for s in steps if not s.message.path]
+    if not starts:
+        fail("no start node is a wrapper step")
+    return [submitter.submit(m).entry for m in starts]
+
+
+def _say_waiting(steps: list[CheckedStep], embedded_db: str | None) -> None:
+    """Later steps run only when a dispatcher serves their queue: say which, and where."""
+    db = TransportConfig("embedded", embedded_db).db_path()
+    for step in steps:
+        if step.message.path:
+            queue = step.message.destination().queue
+            click.echo(
+                f"step {step.message.pointer} waits for a dispatcher on queue {queue!r} of "
+                f"{db} (or use --wait to drive the whole recipe)",
+                err=True,
+            )
+
+
+def _submit_and_wait(
+    recipe: Recipe, values: dict[str, str], profile: Profile, as_json: bool, dry_run: bool
+) -> None:
+    """The whole recipe driven as `zbatch run` drives it; the jobs stay on Ctrl-C."""
+    cluster = cluster_for(profile)
+    view = ProgressView(sys.stderr if as_json else sys.stdout)
+    try:
+        runner = make_runner(profile, cluster, view)
+        plan = checked_plan(runner, recipe, values, dry_run)
+        if dry_run:
+            show_dry_run(plan.steps)
+            return
+        drive(runner, plan, view, None, keep_running=True)
+    finally:
+        cluster.close()
+    entries = runner.entries()
+    print_entries(entries, as_json)
+    if not entries or any(e.state is not JobState.SUCCEEDED for e in entries):
         raise SystemExit(1)
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
-from zbatch.cli._common import fail
+from zbatch.cli._common import echo_json, fail
 
 TRANSPORT_ALIASES = {"embedded": "embedded", "pika": "pika", "PikaTransport": "pika"}
 
@@ -28,6 +30,10 @@ TRANSPORT_ALIASES = {"embedded": "embedded", "pika": "pika", "PikaTransport": "p
 @click.option("--embedded-db", metavar="FILE", help="SQLite queue for --transport embedded.")
 @click.option("--rabbit-conf", metavar="FILE", help="RabbitMQ settings for --transport pika.")
 @click.option("--dry-run", is_flag=True, help="Print the tool's command line and exit.")
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: machine-readable output.")
+@click.option(
+    "-v", "--verbose", count=True, help="Debug log output (the wrapper's steps are logged anyway)."
+)
 @click.option(
     "--workdir-root",
     metavar="DIR",
@@ -40,12 +46,16 @@ def wrap(
     embedded_db: str | None,
     rabbit_conf: str | None,
     dry_run: bool,
+    as_json: bool,
+    verbose: int,
     workdir_root: str | None,
 ) -> None:
     """Run a wrapper inside a job (the options of zocalo.wrap).
 
-    Exits 0 when the wrapper succeeded and 1 when it failed (zocalo.wrap exits 0 either way),
-    so that the scheduler's accounting tells the truth; 143 when stopped by SIGTERM.
+    Exits 0 when the wrapper succeeded; when it failed, with the tool's own exit code (1 when
+    the tool never ran or exited 0), so that the scheduler's accounting tells the truth
+    (zocalo.wrap exits 0 either way); 143 when stopped by SIGTERM. Logs its progress and,
+    on failure, the reason on stderr.
 
     \b
     Example:
@@ -55,16 +65,42 @@ def wrap(
         fail("A wrapper object must be specified (--wrap NAME).")
     if not recipewrapper:
         fail("--recipewrapper FILE is required")
+    if as_json and not dry_run:
+        fail("--json goes with --dry-run")
     # Imported here, not above: `--help` and a usage error need no runner (tenacity, the
     # wrappers' entry points); a job pays for it only when the wrapper really runs.
     from pathlib import Path
 
-    from zbatch.injob.runner import wrap as run_wrapper
+    from zbatch.injob import runner
+
+    if dry_run:
+        _print_dry_run(*runner.dry_run(name, Path(recipewrapper), workdir_root), as_json)
+        return
+    _log_progress(verbose)
     from zbatch.transport.factory import TransportConfig, make_transport
 
     config = TransportConfig(TRANSPORT_ALIASES[transport], embedded_db, rabbit_conf)
-    code, summary = run_wrapper(
-        name, Path(recipewrapper), lambda: make_transport(config), dry_run, workdir_root
+    code, summary = runner.wrap(
+        name, Path(recipewrapper), lambda: make_transport(config), workdir_root
     )
-    click.echo(summary, err=not dry_run)
+    click.echo(summary if code == 0 else f"zbatch: {summary}", err=True)
     raise SystemExit(code)
+
+
+def _log_progress(verbose: int) -> None:
+    """The wrapper's steps at INFO, as zocalo.wrap logs them; -v adds zbatch's debug output."""
+    import logging
+
+    logging.getLogger("zbatch.injob.runner").setLevel(logging.INFO)
+    if verbose:
+        logging.getLogger("zbatch").setLevel(logging.DEBUG)
+
+
+def _print_dry_run(workdir: Any, argv: list[str], as_json: bool) -> None:
+    if as_json:
+        echo_json({"schema": "zbatch.wrap-dry-run/1", "cwd": str(workdir), "argv": argv})
+        return
+    import shlex
+
+    click.echo(f"working directory: {workdir}")
+    click.echo(f"command: {shlex.join(argv)}")

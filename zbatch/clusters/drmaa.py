@@ -1,9 +1,10 @@
 """SGE through DRMAA: jobs go in through one in-process session instead of a qsub per job.
 
-libdrmaa reads SGE_ROOT/SGE_CELL when it loads, and glibc reads GLIBC_TUNABLES only when the
-process starts, so the environment must be set before Python starts. The job script stays the
-one place for directives: its `#$` header lines become the job template's attributes and its
-nativeSpecification.
+libdrmaa reads SGE_ROOT/SGE_CELL when it loads: zbatch exports them (and DRMAA_LIBRARY_PATH)
+from the profile's `drmaa` settings just before. glibc reads GLIBC_TUNABLES only when the
+process starts, so that one must be set before Python starts where glibc needs it. The job
+script stays the one place for directives: its `#$` header lines become the job template's
+attributes and its nativeSpecification.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from zbatch.clusters import Cluster
 from zbatch.connections.local import LocalConnection
 from zbatch.errors import ClusterUnavailable, ConnectionFailure, SchedulerError, ZbatchError
 from zbatch.model.jobs import JobState, PreparedJob
-from zbatch.model.profiles import Profile
+from zbatch.model.profiles import DrmaaConfig, Profile
 from zbatch.schedulers.base import SchedulerStatus
 from zbatch.schedulers.parsing import check_ids
 from zbatch.schedulers.sge import JOB_ID, SgeScheduler
@@ -30,9 +31,12 @@ from zbatch.schedulers.sge import JOB_ID, SgeScheduler
 log = logging.getLogger(__name__)
 
 HOWTO = (
-    "set SGE_ROOT, SGE_CELL, DRMAA_LIBRARY_PATH (the path of libdrmaa.so) and "
+    "give the profile drmaa: {sge_root, sge_cell, library_path (the path of libdrmaa.so)} or "
+    "set SGE_ROOT, SGE_CELL, DRMAA_LIBRARY_PATH, and set "
     "GLIBC_TUNABLES=glibc.rtld.optional_static_tls=16384 before Python starts"
 )
+# The profile's `drmaa` settings, by the variable libdrmaa (and the drmaa module) reads.
+VARIABLES = {"SGE_ROOT": "sge_root", "SGE_CELL": "sge_cell", "DRMAA_LIBRARY_PATH": "library_path"}
 # DRMAA 1.0 state names (drmaa.JobState), kept here so that reading them needs no libdrmaa.
 _PENDING = ("queued_active", "system_on_hold", "user_on_hold", "user_system_on_hold")
 _RUNNING = ("running", "system_suspended", "user_suspended", "user_system_suspended")
@@ -124,7 +128,17 @@ def _number(text: str | None) -> int | None:
         return None
 
 
-def load_drmaa() -> Any:
+def export_settings(settings: DrmaaConfig | None) -> None:
+    """Put the profile's SGE settings where libdrmaa looks: this process's environment (which
+    qsub and qacct, run for accounting, inherit too)."""
+    for name, key in VARIABLES.items():
+        value = getattr(settings, key) if settings else None
+        if value:
+            os.environ[name] = value
+
+
+def load_drmaa(settings: DrmaaConfig | None = None) -> Any:
+    export_settings(settings)
     missing = [name for name in ("SGE_ROOT", "DRMAA_LIBRARY_PATH") if not os.environ.get(name)]
     if missing:
         raise ConnectionFailure(f"DRMAA: {', '.join(missing)} unset; {HOWTO}", transient=False)
@@ -151,10 +165,10 @@ class _SharedSession:
         self.session: Any = None
         self.users = 0
 
-    def acquire(self) -> tuple[Any, Any]:
+    def acquire(self, settings: DrmaaConfig | None = None) -> tuple[Any, Any]:
         with self.lock:
             if self.session is None:
-                drmaa = load_drmaa()
+                drmaa = load_drmaa(settings)
                 try:
                     drmaa.Session.initialize()
                 except drmaa.errors.AlreadyActiveSessionException:
@@ -186,7 +200,7 @@ class DrmaaCluster(Cluster):
     def __init__(self, profile: Profile) -> None:
         self.scheduler = SgeScheduler(profile)  # qacct argv and parsing only
         self.local = LocalConnection(profile.connection.command_timeout_s)
-        self.drmaa, self.session = _SHARED.acquire()
+        self.drmaa, self.session = _SHARED.acquire(profile.drmaa)
         self.ended: OrderedDict[str, SchedulerStatus] = OrderedDict()
         self.terminated: set[str] = set()  # ids this session deleted (a held one leaves no trace)
         self.closed = False

@@ -56,10 +56,28 @@ def load_message(path: Path) -> StepMessage:
     return StepMessage.from_body(data, source=str(path))
 
 
+def failure_reason(exc: ZbatchError | OSError, argv: list[str]) -> str:
+    """One line for the user: a tool that is not installed says so, not `[Errno 2] ...`."""
+    if isinstance(exc, FileNotFoundError) and argv and exc.filename == argv[0]:
+        return f"{argv[0]}: command not found (is it installed and on PATH?)"
+    return str(exc)
+
+
+def job_exit_code(success: bool, tool_exit_code: int, stopped_by: str) -> int:
+    """0 on success; else the tool's own exit code, so the job's exit record and the
+    scheduler's accounting show it (1 when the tool never ran or exited 0 yet failed)."""
+    if success:
+        return 0
+    if stopped_by in ("SIGTERM", "SIGINT"):
+        return EXIT_CANCELLED
+    return tool_exit_code if 0 < tool_exit_code < 256 else EXIT_FAILED
+
+
 @dataclass
 class WrapRun:
     wrapper: Wrapper
     record_path: Path
+    outcome: Outcome | None = None
 
     def build(self) -> tuple[Path, list[str]]:
         workdir = self.wrapper.confined_working_directory()  # inside the profile's root
@@ -88,7 +106,7 @@ class WrapRun:
             if outcome.success:
                 outcome.summary.setdefault("stdout", run.stdout_tail)
         except (ZbatchError, OSError) as exc:
-            outcome = Outcome(False, str(exc))
+            outcome = Outcome(False, failure_reason(exc, argv))
         except Exception as exc:  # a wrapper's defect still ends in failure + completed
             log.exception("wrapper %s failed with an internal error", self.wrapper.name)
             outcome = Outcome(False, internal_reason(exc))
@@ -96,9 +114,8 @@ class WrapRun:
         queue_outcome(outbox, outcome)
         sent = outbox.flush()
         self.write_record(outcome, argv, exit_code, started, sent, stopped_by)
-        if outcome.success:
-            return 0
-        return EXIT_CANCELLED if stopped_by in ("SIGTERM", "SIGINT") else EXIT_FAILED
+        self.outcome = outcome
+        return job_exit_code(outcome.success, exit_code, stopped_by)
 
     def write_record(
         self,
@@ -144,16 +161,8 @@ def queue_outcome(outbox: Outbox, outcome: Outcome) -> None:
     outbox.add("completed", "Finished processing")
 
 
-def wrap(
-    name: str,
-    recipewrapper: Path,
-    make_transport: Callable[[], Transport],
-    dry_run: bool = False,
-    workdir_root: str | None = None,
-) -> tuple[int, str]:
-    """Run wrapper `name` on the message in `recipewrapper`; (exit code, one-line summary).
-    `workdir_root` (from the profile) confines the tool's folders and result files."""
-    retry_window_s()  # a bad setting fails now, not when the results are to be sent
+def load(name: str, recipewrapper: Path, workdir_root: str | None) -> tuple[StepMessage, Wrapper]:
+    """The step message and wrapper `name` set up for it (ZbatchError when either is bad)."""
     message = load_message(recipewrapper)
     context = RunContext(
         message,
@@ -161,18 +170,41 @@ def wrap(
         logging.LoggerAdapter(log, {"recipe_ID": message.recipe_id}),
         workdir_root,
     )
-    wrapper = load_wrapper(name)(context)
+    return message, load_wrapper(name)(context)
+
+
+def wrap(
+    name: str,
+    recipewrapper: Path,
+    make_transport: Callable[[], Transport],
+    workdir_root: str | None = None,
+) -> tuple[int, str]:
+    """Run wrapper `name` on the message in `recipewrapper`; (exit code, one-line summary:
+    the failure's reason when it failed). `workdir_root` (from the profile) confines the
+    tool's folders and result files."""
+    retry_window_s()  # a bad setting fails now, not when the results are to be sent
+    message, wrapper = load(name, recipewrapper, workdir_root)  # bad input: one error line
+    log.info("Starting wrapper %s with recipewrapper file %s", name, recipewrapper)
     record_path = Path(result_record_path(str(recipewrapper)))
     run = WrapRun(wrapper, record_path)
-    if dry_run:
-        workdir, argv = run.build()
-        return 0, json.dumps({"cwd": str(workdir), "argv": argv})
     heartbeat = Heartbeat(make_transport, name)
     heartbeat.start()
     try:
         outbox = Outbox(Path(outbox_path(str(recipewrapper))), message, make_transport)
+        log.info("Setup complete")
         code = run.execute(outbox, heartbeat)
     finally:
         heartbeat.stop()
-    verdict = "succeeded" if code == 0 else "failed"
-    return code, f"wrapper {name} {verdict}; result record {record_path}"
+    log.info("Wrapper %s finished (exit code %d); result record %s", name, code, record_path)
+    if code == 0:
+        return code, f"wrapper {name} succeeded; result record {record_path}"
+    reason = " ".join(run.outcome.reason.split()) if run.outcome is not None else ""
+    return code, f"wrapper {name} failed (exit code {code}): {reason or 'no reason given'}"
+
+
+def dry_run(
+    name: str, recipewrapper: Path, workdir_root: str | None = None
+) -> tuple[Path, list[str]]:
+    """The working directory and command line wrapper `name` would run; nothing is run."""
+    _, wrapper = load(name, recipewrapper, workdir_root)
+    return WrapRun(wrapper, Path()).build()

@@ -26,9 +26,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from zbatch.errors import ParameterError, ProfileError
+from zbatch.errors import ParameterError, ProfileError, ZbatchError
 from zbatch.model import safety
-from zbatch.model.units import parse_duration, parse_memory_mb
+from zbatch.model.units import format_clock, parse_duration, parse_memory_mb
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=128)]
@@ -67,21 +67,41 @@ class ConnectionConfig(_Strict):
     pool_size: int = Field(default=8, ge=1, le=64)
 
 
+class DrmaaConfig(_Strict):
+    """SGE's settings for libdrmaa (connection.type drmaa), exported by zbatch itself before it
+    loads the library; unset ones come from the environment."""
+
+    sge_root: str | None = None  # SGE_ROOT
+    sge_cell: Name | None = None  # SGE_CELL (SGE's own default: "default")
+    library_path: str | None = None  # DRMAA_LIBRARY_PATH: the path of libdrmaa.so
+
+    @field_validator("sge_root", "library_path")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None:
+            _valid(safety.check_text, value, "the path", limit=4096)
+            if not os.path.isabs(value):
+                raise ValueError(f"{value!r} must be an absolute path")
+        return value
+
+
 class Defaults(_Strict):
     partition: Name | None = None
     account: Name | None = None
     qos: Name | None = None
     cpus: int = Field(default=1, ge=1)
-    memory_mb: int | None = Field(default=None, ge=1)
-    time_limit_s: int | None = Field(default=None, ge=1)
+    # Megabytes once read; written as 512, "16G" or "512M".
+    memory: int | None = Field(default=None, ge=1)
+    # Seconds once read; written as 1800 or "2:00:00".
+    time_limit: int | None = Field(default=None, ge=1)
     gpus: int | None = Field(default=None, ge=0)
 
-    @field_validator("time_limit_s", mode="before")
+    @field_validator("time_limit", mode="before")
     @classmethod
     def _duration(cls, value: object) -> object:
         return None if value is None else _checked(parse_duration, value)
 
-    @field_validator("memory_mb", mode="before")
+    @field_validator("memory", mode="before")
     @classmethod
     def _memory(cls, value: object) -> object:
         return None if value is None else _checked(parse_memory_mb, value)
@@ -89,19 +109,19 @@ class Defaults(_Strict):
 
 class Limits(_Strict):
     max_cpus: int | None = Field(default=None, ge=1)
-    max_memory_mb: int | None = Field(default=None, ge=1)
-    max_time_limit_s: int | None = Field(default=None, ge=1)
+    max_memory: int | None = Field(default=None, ge=1)  # megabytes, as defaults.memory
+    max_time_limit: int | None = Field(default=None, ge=1)  # seconds, as defaults.time_limit
     max_gpus: int | None = Field(default=None, ge=0)
     # Step messages the dispatcher accepts (zbatch.model.safejson's defaults: 8 MiB, 64 levels).
     max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
     max_json_depth: int = Field(default=64, ge=8, le=128)
 
-    @field_validator("max_time_limit_s", mode="before")
+    @field_validator("max_time_limit", mode="before")
     @classmethod
     def _duration(cls, value: object) -> object:
         return None if value is None else _checked(parse_duration, value)
 
-    @field_validator("max_memory_mb", mode="before")
+    @field_validator("max_memory", mode="before")
     @classmethod
     def _memory(cls, value: object) -> object:
         return None if value is None else _checked(parse_memory_mb, value)
@@ -129,6 +149,7 @@ class Profile(_Strict):
     description: str = ""
     scheduler: Literal["local", "slurm", "sge"]
     connection: ConnectionConfig = ConnectionConfig()
+    drmaa: DrmaaConfig = DrmaaConfig()
     defaults: Defaults = Defaults()
     limits: Limits = Limits()
     resources: Resources = Resources()
@@ -220,6 +241,12 @@ class Profile(_Strict):
                 f"drmaa reaches SGE only (SGE's libdrmaa), not {self.scheduler}: "
                 "set scheduler: sge, or connection.type: local or ssh",
             )
+        if connection.type != "drmaa" and self.drmaa != DrmaaConfig():
+            raise _setting_error(
+                "drmaa",
+                f"only read by connection.type drmaa, not {connection.type}: remove it, or "
+                "set connection.type: drmaa",
+            )
         if connection.type != "ssh":
             return self
         if not connection.host:
@@ -238,6 +265,27 @@ class Profile(_Strict):
                 f"add zbatch_command: [<path of zbatch on {host}>], or "
                 "connection.shares_installation: true if it runs this installation",
             )
+        return self
+
+    @model_validator(mode="after")
+    def _defaults_within_limits(self) -> Profile:
+        """A default above its limit would make every step that relies on it fail, each
+        blaming the step: refuse the profile instead."""
+        defaults, limits = self.defaults, self.limits
+        pairs: list[tuple[str, int | None, int | None, Callable[[int], str]]] = [
+            ("cpus", defaults.cpus, limits.max_cpus, str),
+            ("memory", defaults.memory, limits.max_memory, lambda mb: f"{mb} MB"),
+            ("time_limit", defaults.time_limit, limits.max_time_limit, format_clock),
+            ("gpus", defaults.gpus, limits.max_gpus, str),
+        ]
+        for key, value, limit, shown in pairs:
+            if value is not None and limit is not None and value > limit:
+                raise _setting_error(
+                    f"defaults.{key}",
+                    f"{shown(value)} is above limits.max_{key} ({shown(limit)}), so every step "
+                    f"left to the default would be refused: lower defaults.{key} or raise "
+                    f"limits.max_{key}",
+                )
         return self
 
 
@@ -304,9 +352,31 @@ def _format_error(source: str, error: ValidationError) -> str:
     return f"{source}: {key}: {message}"
 
 
+# Keys renamed because their old names misled (`memory_mb: 16G`): refused, never read as the
+# new ones, so a profile says one thing in one spelling.
+RENAMED = {
+    "defaults": {"memory_mb": "memory", "time_limit_s": "time_limit"},
+    "limits": {"max_memory_mb": "max_memory", "max_time_limit_s": "max_time_limit"},
+}
+
+
+def _refuse_renamed(data: dict[Any, Any], source: str) -> None:
+    for section, renames in RENAMED.items():
+        given = data.get(section)
+        if not isinstance(given, dict):
+            continue
+        for old, new in renames.items():
+            if old in given:
+                raise ProfileError(
+                    f"{source}: {section}.{old}: renamed; write {section}.{new} instead, "
+                    "with the same value"
+                )
+
+
 def parse_profile(data: object, source: str) -> Profile:
     if not isinstance(data, dict):
         raise ProfileError(f"{source}: a profile must be a YAML mapping of keys to values")
+    _refuse_renamed(data, source)
     try:
         return Profile.model_validate({**data, "source": source})
     except ValidationError as exc:
@@ -388,7 +458,10 @@ def _load_yaml(text: str, path: str) -> Any:
 
 def _yaml_error(path: str | Path, exc: yaml.YAMLError) -> str:
     if isinstance(exc, yaml.MarkedYAMLError) and exc.problem and exc.problem_mark:
-        return f"{path}: not valid YAML: line {exc.problem_mark.line + 1}: {exc.problem}"
+        mark = exc.problem_mark
+        return (
+            f"{path}: not valid YAML: line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"
+        )
     return f"{path}: not valid YAML: {str(exc).splitlines()[0]}"
 
 
@@ -442,21 +515,102 @@ def search_path() -> list[Path]:
     return dirs
 
 
-def find_profiles() -> dict[str, Path]:
-    found: dict[str, Path] = {}
+PROFILE_SUFFIXES = (".yaml", ".yml")
+
+
+def _declared_name(path: Path) -> str | None:
+    """The `name:` a profile file gives, or None when it cannot be read (reported on load)."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_PROFILE_BYTES + 1)
+        if len(raw) > MAX_PROFILE_BYTES:
+            return None
+        data = _load_yaml(raw.decode("utf-8"), str(path))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError, ZbatchError):
+        return None
+    name = data.get("name") if isinstance(data, dict) else None
+    return name if isinstance(name, str) and name else None
+
+
+def _scan() -> tuple[dict[str, list[Path]], dict[str, Path]]:
+    """Names over the whole search path: every file each name may be loaded from (a profile
+    answers to its `name:` and its file name), and each profile under its `name:` (its file
+    name when it gives none). A folder earlier on the search path hides a later one's names;
+    two files of one folder may both claim a name, which is then ambiguous."""
+    claims: dict[str, list[Path]] = {}
+    primary: dict[str, Path] = {}
     for directory in reversed(search_path()):
-        if directory.is_dir():
-            for path in sorted(directory.glob("*.yaml")):
-                found[path.stem] = path
-    return found
+        if not directory.is_dir():
+            continue
+        folder: dict[str, list[Path]] = {}
+        for path in sorted(p for s in PROFILE_SUFFIXES for p in directory.glob(f"*{s}")):
+            declared = _declared_name(path)
+            primary[declared or path.stem] = path
+            for name in dict.fromkeys(n for n in (declared, path.stem) if n):
+                folder.setdefault(name, []).append(path)
+        claims.update(folder)
+    return claims, primary
+
+
+def find_profiles() -> dict[str, Path]:
+    """Every profile on the search path by its `name:` (its file name when it gives none)."""
+    return dict(sorted(_scan()[1].items()))
+
+
+def ambiguous_names() -> dict[str, list[Path]]:
+    """Names that two files of one folder claim: `profiles check` reports them."""
+    return {name: paths for name, paths in _scan()[0].items() if len(paths) > 1}
 
 
 def load_profile(name_or_path: str) -> Profile:
-    """A profile by file path, or by name from the search path."""
-    if name_or_path.endswith((".yaml", ".yml")) or os.sep in name_or_path:
+    """A profile by file path, or by `name:` or file name from the search path."""
+    if name_or_path.endswith(PROFILE_SUFFIXES) or os.sep in name_or_path:
         return load_profile_file(name_or_path)
-    known = find_profiles()
-    if name_or_path not in known:
-        names = ", ".join(sorted(known)) or "none"
+    paths = _scan()[0].get(name_or_path)
+    if not paths:
+        names = ", ".join(sorted(find_profiles())) or "none"
         raise ProfileError(f"unknown profile {name_or_path!r}; known profiles: {names}")
-    return load_profile_file(known[name_or_path])
+    if len(paths) > 1:
+        raise ProfileError(ambiguity(name_or_path, paths))
+    return load_profile_file(paths[0])
+
+
+def ambiguity(name: str, paths: list[Path]) -> str:
+    listed = " and ".join(str(p) for p in paths)
+    return (
+        f"profile {name!r} is claimed by {listed} (by `name:` or file name): change one "
+        "so that each name means one profile"
+    )
+
+
+def missing_paths(profile: Profile) -> list[str]:
+    """Files the profile names that are not on this machine, one line each with the fix.
+
+    SSH reads key_file and known_hosts here, before connecting; template_dir is read here
+    when scripts are rendered. Not a load error: a profile for another site may still be
+    rendered from here, and `profiles check` reports these as errors.
+    """
+    where = profile.source or profile.name
+    problems = []
+    connection = profile.connection
+    for key in ("key_file", "known_hosts"):
+        value = getattr(connection, key)
+        if value and not os.path.isfile(os.path.expanduser(value)):
+            problems.append(
+                f"{where}: connection.{key}: {value} does not exist on this machine, where "
+                f"zbatch reads it to connect: create it or correct the path"
+            )
+    if connection.type == "drmaa":
+        drmaa = profile.drmaa
+        for key, value in (("sge_root", drmaa.sge_root), ("library_path", drmaa.library_path)):
+            if value and not os.path.exists(value):
+                problems.append(
+                    f"{where}: drmaa.{key}: {value} does not exist on this machine, where "
+                    "libdrmaa runs: install SGE's DRMAA library or correct the path"
+                )
+    if profile.template_dir and not os.path.isdir(os.path.expanduser(profile.template_dir)):
+        problems.append(
+            f"{where}: template_dir: {profile.template_dir} is not a folder on this machine: "
+            "create it with the site's templates, or remove template_dir to use the shipped ones"
+        )
+    return problems

@@ -206,7 +206,7 @@ def _resources(reader: StepReader, legacy: dict[str, Any]) -> dict[str, Any]:
     )
     memory = opt("memory_per_node")
     memory_mb = legacy.get("memory_mb") or (
-        parse_memory_mb(memory, f"{where}: memory_per_node") if memory else defaults.memory_mb
+        parse_memory_mb(memory, f"{where}: memory_per_node") if memory else defaults.memory
     )
     per_cpu = opt("min_memory_per_cpu")
     per_cpu_mb = legacy.get("memory_per_cpu_mb") or (
@@ -214,7 +214,7 @@ def _resources(reader: StepReader, legacy: dict[str, Any]) -> dict[str, Any]:
     )
     limit = opt("time_limit")
     time_s = legacy.get("time_limit_s") or (
-        parse_duration(limit, f"{where}: time_limit") if limit else defaults.time_limit_s
+        parse_duration(limit, f"{where}: time_limit") if limit else defaults.time_limit
     )
     if (time_s is not None and time_s < 1) or (limit is not None and not limit):
         # 0 would drop the time directive altogether, and with it the profile's limit.
@@ -223,10 +223,10 @@ def _resources(reader: StepReader, legacy: dict[str, Any]) -> dict[str, Any]:
     gpus = legacy.get("gpus", gpus)
     limits = profile.limits
     _limit(cpus, limits.max_cpus, f"{where}: cpus", profile)
-    _limit(memory_mb, limits.max_memory_mb, f"{where}: memory (MB)", profile)
+    _limit(memory_mb, limits.max_memory, f"{where}: memory (MB)", profile)
     if per_cpu_mb is not None:
-        _limit(per_cpu_mb * cpus, limits.max_memory_mb, f"{where}: memory (MB)", profile)
-    _limit(time_s, limits.max_time_limit_s, f"{where}: time limit (s)", profile)
+        _limit(per_cpu_mb * cpus, limits.max_memory, f"{where}: memory (MB)", profile)
+    _limit(time_s, limits.max_time_limit, f"{where}: time limit (s)", profile)
     _limit(gpus, limits.max_gpus, f"{where}: gpus", profile)
     return {
         "cpus": cpus,

@@ -1,7 +1,8 @@
 """Render job scripts from Jinja2 templates: strict, quoted, deterministic.
 
 Templates hold every scheduler directive; Python only prepares values. A site overrides a
-template by putting a file of the same name in its profile's `template_dir`.
+template by putting a file of the same name in its profile's `template_dir`, best one that
+`{% extends %}` the shipped template and fills its `directives` and `setup` blocks.
 """
 
 from __future__ import annotations
@@ -88,6 +89,20 @@ def shipped_template_dir() -> Path:
     return Path(str(resources.files("zbatch_templates")))
 
 
+# A site template reaches the shipped one of the same name as `shipped:slurm.sh.j2`; plain
+# `{% extends "slurm.sh.j2" %}` in the site's slurm.sh.j2 means the same (see join_path).
+SHIPPED_PREFIX = "shipped"
+
+
+class _TemplateEnvironment(jinja2.Environment):
+    def join_path(self, template: str, parent: str) -> str:
+        """`template` as named inside `parent`: a site template that extends or includes its
+        own name means the shipped one, which it could otherwise never reach past itself."""
+        if template == parent:
+            return f"{SHIPPED_PREFIX}:{template}"
+        return template
+
+
 def environment_for(profile: Profile) -> jinja2.Environment:
     return _environment(profile.template_dir)
 
@@ -98,11 +113,24 @@ def _environment(template_dir: str | None) -> jinja2.Environment:
     (Jinja2 then checks the file's mtime, so an edited site template is still picked up)."""
     search = [shipped_template_dir()]
     if template_dir:
-        search.insert(0, Path(template_dir).expanduser())
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader([str(p) for p in search]),
+        folder = Path(template_dir).expanduser()
+        if not folder.is_dir():
+            # Falling back to the shipped templates would silently drop the site's changes.
+            raise TemplateError(
+                f"template_dir {template_dir} is not a folder on this machine: create it with "
+                "the site's templates, or remove template_dir to use the shipped ones"
+            )
+        search.insert(0, folder)
+    shipped = jinja2.FileSystemLoader(str(shipped_template_dir()))
+    env = _TemplateEnvironment(
+        loader=jinja2.ChoiceLoader(
+            [
+                jinja2.PrefixLoader({SHIPPED_PREFIX: shipped}, delimiter=":"),
+                jinja2.FileSystemLoader([str(p) for p in search]),
+            ]
+        ),
         undefined=jinja2.StrictUndefined,
-        autoescape=False,  # noqa: S701 - shell scripts, not HTML; values go through shquote
+        autoescape=False,  # shell scripts, not HTML; values go through shquote
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
@@ -162,7 +190,10 @@ def render_script(profile: Profile, spec: JobSpec, paths: JobPaths) -> str:
             **derived_values(profile, spec),
         )
     except jinja2.TemplateNotFound as exc:
-        raise TemplateError(f"template {exc.name!r} not found in {env.loader.searchpath}") from None  # type: ignore[union-attr]
+        folders = [str(d) for d in (profile.template_dir, shipped_template_dir()) if d]
+        raise TemplateError(f"template {exc.name!r} not found in {folders}") from None
+    except RecursionError:
+        raise TemplateError(f"template {name}: includes or extends itself without end") from None
     except jinja2.TemplateError as exc:
         where = getattr(exc, "filename", None) or name
         line = getattr(exc, "lineno", None)

@@ -7,13 +7,15 @@ to ask, once per profile for all of its entries.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 from zbatch.clusters import cluster_for
 from zbatch.clusters.base import Cluster
 from zbatch.errors import ZbatchError
 from zbatch.model.profiles import Profile, load_profile_file
 from zbatch.service.ledger import Ledger, LedgerEntry
+from zbatch.service.outcome import Why, why
 from zbatch.service.tracker import Tracker, cancel_jobs
 
 
@@ -81,3 +83,28 @@ def cancel(
             cluster.close()
         for entry in group:
             cancelled(entry)
+
+
+@contextmanager
+def cluster_of(profile_source: str) -> Iterator[Cluster]:
+    """The cluster of the profile file an entry was submitted with, closed after use."""
+    cluster = cluster_for(load_profile_file(profile_source))
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def explain(entries: Iterable[LedgerEntry], warn: Callable[[str], None]) -> dict[str, Why]:
+    """Why each entry's job ended as it did (outcome.why), by step key, read through its
+    cluster; a cluster that cannot be reached is reported through `warn`, its entries left
+    out."""
+    found: dict[str, Why] = {}
+    for source, group in by_profile(entries).items():
+        try:
+            with cluster_of(source) as cluster:
+                for entry in group:
+                    found[entry.key] = why(entry, cluster)
+        except ZbatchError as exc:
+            warn(f"cannot read why {len(group)} job(s) ended: {exc}")
+    return found

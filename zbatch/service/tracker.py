@@ -19,6 +19,7 @@ from zbatch.errors import ZbatchError
 from zbatch.model.jobs import ExitRecord, JobPaths, JobState, state_from_exit
 from zbatch.schedulers.base import SchedulerStatus
 from zbatch.service.ledger import Ledger, LedgerEntry
+from zbatch.service.outcome import read_result
 from zbatch.service.owed import owed_at_end
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class Settled:
 
 
 _STILL_ACTIVE = (JobState.PENDING, JobState.RUNNING)
+
 
 def as_requested(settled: Settled, cancel_requested: bool, has_record: bool) -> Settled:
     """A cancellation only when zbatch was asked for one."""
@@ -83,6 +85,18 @@ def settle(
             "scheduler reports completion but the job wrote no exit record",
         )
     return Settled(verdict.state, verdict.exit_code, verdict.reason or verdict.raw_state)
+
+
+def explained(cluster: Cluster, entry: LedgerEntry, settled: Settled) -> Settled:
+    """A failure as the wrapper's result record explains it: its reason, and the tool's own
+    exit code, instead of a bare "exit code N" (ZbatchError when it cannot be read yet)."""
+    if settled.state is not JobState.FAILED:
+        return settled
+    result = read_result(cluster, entry)
+    if result is None or result.success or not result.reason:
+        return settled
+    code = result.tool_exit_code or settled.exit_code
+    return Settled(settled.state, code, result.reason)
 
 
 def cancel_jobs(cluster: Cluster, ledger: Ledger, entries: list[LedgerEntry]) -> None:
@@ -182,11 +196,13 @@ class Tracker:
             if record is None or record.exit_code != 0:
                 # Accounting explains what a bare exit code cannot (time limit, OOM, kill).
                 detail = self.cluster.detail(entry.job_id)
+            settled = settle(status, record, detail)
+            if settled is None:
+                return None
+            if record is not None:
+                settled = explained(self.cluster, entry, settled)
         except ZbatchError as exc:
             log.warning("job %s: cannot read its outcome yet: %s", entry.job_id, exc)
-            return None
-        settled = settle(status, record, detail)
-        if settled is None:
             return None
         settled = as_requested(settled, bool(entry.cancel_requested), record is not None)
         try:

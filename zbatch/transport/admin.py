@@ -179,6 +179,11 @@ def dlq_name(queue: str) -> str:
     return queue if queue.startswith("dlq.") else f"dlq.{queue}"
 
 
+def empty_queue(queue: str) -> str:
+    """How the DLQ tools say there is nothing to show or replay."""
+    return f"queue {dlq_name(queue)} is empty"
+
+
 def origin_of(dlq: str, headers: dict[str, Any]) -> str:
     """The queue a dead letter came from: our header, the broker's, or the DLQ's name."""
     for key in (ORIGIN_HEADER, "x-first-death-queue"):

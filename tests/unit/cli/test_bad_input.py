@@ -87,7 +87,7 @@ def test_bad_step_is_refused_by_render(
     _case: str, mutate: Mutation, words: str, tmp_path: Path, make_profile: Any, zbatch: ZbatchRun
 ) -> None:
     profile = make_profile(
-        limits={"max_cpus": 4, "max_memory_mb": "8G", "max_time_limit_s": "24:00:00"},
+        limits={"max_cpus": 4, "max_memory": "8G", "max_time_limit": "24:00:00"},
         allow_commands=False,
     )
     recipe = valid_recipe(tmp_path / "work")
@@ -210,7 +210,7 @@ def test_missing_step(tmp_path: Path, make_profile: Any, zbatch: ZbatchRun) -> N
     assert "no node 99" in line
 
 
-def test_hostile_step_in_run_is_dead_lettered_not_run(
+def test_hostile_step_in_run_is_refused_before_anything_runs(
     tmp_path: Path, make_profile: Any, zbatch: ZbatchRun
 ) -> None:
     recipe = valid_recipe(tmp_path / "work")
@@ -219,6 +219,5 @@ def test_hostile_step_in_run_is_dead_lettered_not_run(
     recipe = {"1": bad, "start": [[1, []]]}
     path = write_recipe(tmp_path / "recipe.json", recipe)
     result = zbatch("run", str(path), "--profile", str(make_profile()))
-    assert result.returncode == 1 and "Traceback" not in result.stderr + result.stdout
-    assert "refused" in result.stdout and "parameters.workingdir" in result.stdout
-    assert "dlq.cluster.submission" in result.stdout
+    assert result.returncode == 2 and result.stdout == ""
+    assert "step 1: parameters.workingdir" in one_line_error(result)

@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from zbatch.errors import ProfileError
-from zbatch.model.profiles import find_profiles, load_profile, load_profile_file
+from zbatch.model.profiles import (
+    ambiguous_names,
+    find_profiles,
+    load_profile,
+    load_profile_file,
+    missing_paths,
+)
 
 SHIPPED = Path(__file__).resolve().parents[3] / "site-configs"
 
@@ -32,8 +38,8 @@ def test_config_dir_overrides_shipped(tmp_path: Path, monkeypatch: pytest.Monkey
 
 def test_units_are_parsed() -> None:
     profile = load_profile("slurm-local")
-    assert profile.limits.max_memory_mb == 4096
-    assert profile.defaults.time_limit_s == 1800
+    assert profile.limits.max_memory == 4096
+    assert profile.defaults.time_limit == 1800
 
 
 BROKEN = [
@@ -47,7 +53,7 @@ BROKEN = [
         "name: x\nscheduler: slurm\ndefaults: {cpus: many}\n",
         "defaults.cpus: Input should be a valid integer",
     ),
-    ("name: x\nscheduler: slurm\ndefaults: {time_limit_s: soon}\n", "is not a duration"),
+    ("name: x\nscheduler: slurm\ndefaults: {time_limit: soon}\n", "is not a duration"),
     ("name: x\nscheduler: slurm\nworkdir_root: relative/dir\n", "must be an absolute path"),
     ("name: 'bad name'\nscheduler: slurm\n", "name: String should match pattern"),
     ('name: x\nscheduler: slurm\nsetup: ["a\\nb"]\n', "spans several lines"),
@@ -164,3 +170,65 @@ def test_the_readme_example_profile_loads(tmp_path: Path) -> None:
     path.write_text(match.group(1))
     profile = load_profile_file(path)
     assert (profile.name, profile.connection.type) == ("my-cluster", "ssh")
+
+
+LIMITS_BROKEN = [
+    ("defaults: {cpus: 64}\nlimits: {max_cpus: 32}\n", "defaults.cpus: 64 is above"),
+    ("defaults: {memory: 16G}\nlimits: {max_memory: 8G}\n", "defaults.memory: 16384 MB"),
+    ("defaults: {time_limit: 7200}\nlimits: {max_time_limit: 3600}\n", "2:00:00 is above"),
+    ("defaults: {gpus: 2}\nlimits: {max_gpus: 0}\n", "defaults.gpus: 2 is above"),
+    ("defaults: {memory_mb: 512}\n", "defaults.memory_mb: renamed; write defaults.memory"),
+    ("limits: {max_time_limit_s: 60}\n", "limits.max_time_limit_s: renamed; write"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), LIMITS_BROKEN)
+def test_defaults_above_limits_and_old_keys_are_refused(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text("name: x\nscheduler: slurm\n" + text)
+    with pytest.raises(ProfileError) as caught:
+        load_profile_file(path)
+    assert str(caught.value).startswith(f"{path}: ") and message in str(caught.value)
+
+
+def test_defaults_equal_to_limits_load(tmp_path: Path) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text(
+        "name: x\nscheduler: slurm\ndefaults: {cpus: 4, memory: 4G, time_limit: 60, gpus: 1}\n"
+        "limits: {max_cpus: 4, max_memory: 4096, max_time_limit: '0:01:00', max_gpus: 1}\n"
+    )
+    assert load_profile_file(path).defaults.memory == 4096
+
+
+def test_found_by_name_and_file_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "cluster-a.yml").write_text("name: i04\nscheduler: local\n")
+    monkeypatch.setenv("ZBATCH_CONFIG_DIR", str(tmp_path))
+    assert load_profile("i04").source == load_profile("cluster-a").source
+    assert find_profiles()["i04"] == tmp_path / "cluster-a.yml"
+    assert "cluster-a" not in find_profiles()
+
+
+def test_one_name_claimed_twice_names_both(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "x.yaml").write_text("name: i04\nscheduler: local\n")
+    (tmp_path / "i04.yaml").write_text("name: other\nscheduler: local\n")
+    monkeypatch.setenv("ZBATCH_CONFIG_DIR", str(tmp_path))
+    with pytest.raises(ProfileError, match=r"claimed by .*i04\.yaml and .*x\.yaml"):
+        load_profile("i04")
+    assert load_profile("other").name == "other"
+    assert set(ambiguous_names()) == {"i04"}
+
+
+def test_missing_files_are_listed_not_refused_on_load(tmp_path: Path) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text(
+        "name: x\nscheduler: slurm\nzbatch_command: [z]\ntemplate_dir: /nonexistent/t\n"
+        "connection: {type: ssh, host: h, key_file: /nonexistent/k, known_hosts: ~/nonexistent}\n"
+    )
+    problems = missing_paths(load_profile_file(path))
+    assert [p.split(": ")[1] for p in problems] == [
+        "connection.key_file",
+        "connection.known_hosts",
+        "template_dir",
+    ]
