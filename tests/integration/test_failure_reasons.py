@@ -128,6 +128,7 @@ def test_missing_tool_is_named_and_wrap_exits_with_the_tools_code(
         "run", str(write_recipe(tmp_path / "r.json", recipe)), "--profile", str(make_profile())
     )
     assert run.returncode == 1
+    assert "    stderr: to-stderr" in run.stdout  # the failed job's last words, in run's account
     jobs = {j["step"]: j for j in json.loads(zbatch("status", "--json").stdout)["jobs"]}
     assert jobs[1]["exit_code"] == 1  # the tool never ran: no exit code of its own
     assert "no-such-tool-zbatch-test: command not found" in jobs[1]["reason"]

@@ -31,6 +31,7 @@ from zbatch.prepare.job_files import JobContext
 from zbatch.prepare.parameters import is_wrapper_step
 from zbatch.prepare.recipe_check import CheckedStep, check_recipe
 from zbatch.service.ledger import Ledger, LedgerEntry
+from zbatch.service.outcome import stderr_tail
 from zbatch.service.owed import Deliverer
 from zbatch.service.progress import Listener, ProgressBoard
 from zbatch.service.submitter import Submitter
@@ -227,6 +228,16 @@ class RecipeRunner:
                 self.board.observe(message.pointer, entry.job_id, entry.state)
         return took
 
+    def _echo_stderr_tail(self, entry: LedgerEntry) -> None:
+        """The last lines the failed job wrote to its stderr, where the user looks first."""
+        try:
+            tail = stderr_tail(self.cluster, entry)
+        except ZbatchError as exc:
+            self.echo(f"    (its stderr cannot be read: {exc})")
+            return
+        for line in tail:
+            self.echo(f"    stderr: {line[:300]}")
+
     def _finish(self, entry: LedgerEntry, settled: Settled, transport: EmbeddedTransport) -> None:
         record = result_record_path(entry.message_path)
         self.outcomes[entry.pointer] = StepOutcome(
@@ -235,6 +246,8 @@ class RecipeRunner:
         self.board.observe(entry.pointer, entry.job_id, settled.state)
         detail = f" ({settled.reason})" if settled.reason else ""
         self.echo(f"  step {entry.pointer} {settled.state.value}{detail}: result {record}")
+        if settled.state is not JobState.SUCCEEDED:
+            self._echo_stderr_tail(entry)
         if not entry.owes:
             return
         # What the job could not send (its outbox), or the failure zbatch reports for a job
