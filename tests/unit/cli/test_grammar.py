@@ -62,7 +62,9 @@ def command_at(path: tuple[str, ...]) -> click.Command:
 def owned_elsewhere(owned: set[str], path: tuple[str, ...]) -> list[pytest.MarkDecorator]:
     if " ".join(path) not in owned:
         return []
-    return [pytest.mark.xfail(strict=True, reason="owned by another change")]
+    # Known gaps of issue #13 item 7, left for its next step: strict, so fixing one fails
+    # this marker and it must then be removed.
+    return [pytest.mark.xfail(strict=True, reason="not done yet: issue #13, one grammar")]
 
 
 def help_of(path: tuple[str, ...]) -> str:
