@@ -12,7 +12,6 @@ from zbatch.clusters import Cluster
 from zbatch.model.profiles import load_profile_file
 from zbatch.service import status_refresh
 from zbatch.service.ledger import Ledger, LedgerEntry
-from zbatch.service.outcome import entry_paths
 from zbatch.service.tracker import Tracker
 
 
@@ -57,7 +56,7 @@ class Follower:
     def __init__(
         self, cluster: Cluster, entry: LedgerEntry, streams: list[str], to_stderr: bool
     ) -> None:
-        paths = entry_paths(entry)
+        paths = entry.paths
         self.cluster = cluster
         self.files = {s: PurePosixPath(getattr(paths, s)) for s in streams}
         self.printed = dict.fromkeys(streams, 0)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from zbatch.errors import ZbatchError
-from zbatch.model.jobs import JobState
+from zbatch.model.jobs import JobPaths, JobState
 from zbatch.paths import create_private, default_state_dir, make_dirs
 
 # The ledger file's schema version. Any change to the table (a column, an index, a new state
@@ -163,6 +163,11 @@ class LedgerEntry:
     owed_by: str
     owed_until: float
     owed_error: str
+
+    @property
+    def paths(self) -> JobPaths:
+        """The job's files (script, output, exit record), named from its folder and tag."""
+        return JobPaths(Path(self.workdir), self.tag)
 
     @property
     def active(self) -> bool:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 from zbatch.clusters import Cluster
 from zbatch.errors import ZbatchError
 from zbatch.model import safejson
-from zbatch.model.jobs import MAX_RECORD_BYTES, JobPaths, result_record_path
+from zbatch.model.jobs import MAX_RECORD_BYTES, result_record_path
 from zbatch.service.ledger import LedgerEntry
 
 log = logging.getLogger(__name__)
@@ -80,13 +80,9 @@ def read_result(cluster: Cluster, entry: LedgerEntry) -> ResultSummary | None:
     return None if text is None else parse_result(text, path)
 
 
-def entry_paths(entry: LedgerEntry) -> JobPaths:
-    return JobPaths(Path(entry.workdir), entry.tag)
-
-
 def stderr_tail(cluster: Cluster, entry: LedgerEntry, lines: int = TAIL_LINES) -> list[str]:
     """The last `lines` non-blank lines of the job's stderr ([] when there is none)."""
-    text = cluster.read_text(PurePosixPath(entry_paths(entry).stderr))
+    text = cluster.read_text(PurePosixPath(entry.paths.stderr))
     if not text:
         return []
     return [line for line in text.splitlines() if line.strip()][-lines:]

@@ -8,12 +8,12 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 from zbatch.clusters import Cluster
 from zbatch.errors import ClaimBusy, ZbatchError
 from zbatch.model import safejson
-from zbatch.model.jobs import JobPaths, JobState, result_record_path
+from zbatch.model.jobs import JobState, result_record_path
 from zbatch.model.message import StepMessage, step_key
 from zbatch.model.profiles import Profile
 from zbatch.prepare.job_files import JobContext, prepare_job
@@ -121,7 +121,7 @@ class Submitter:
         # Queued or running jobs carry the marker; a finished one left its id in its exit record.
         job_id = self.cluster.find(entry.key)
         if job_id is None:
-            record = self.cluster.exit_record(JobPaths(Path(entry.workdir), entry.tag))
+            record = self.cluster.exit_record(entry.paths)
             job_id = record.job_id if record and record.job_id else None
         if job_id is not None:
             log.warning(

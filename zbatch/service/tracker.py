@@ -12,11 +12,10 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from zbatch.clusters import Cluster
 from zbatch.errors import ZbatchError
-from zbatch.model.jobs import ExitRecord, JobPaths, JobState, state_from_exit
+from zbatch.model.jobs import ExitRecord, JobState, state_from_exit
 from zbatch.schedulers.base import SchedulerStatus
 from zbatch.service.ledger import Ledger, LedgerEntry
 from zbatch.service.outcome import read_result
@@ -106,10 +105,6 @@ def cancel_jobs(cluster: Cluster, ledger: Ledger, entries: list[LedgerEntry]) ->
     cluster.cancel([e.job_id for e in entries if e.job_id])
 
 
-def entry_paths(entry: LedgerEntry) -> JobPaths:
-    return JobPaths(Path(entry.workdir), entry.tag)
-
-
 class Tracker:
     """Polls one cluster for the active jobs of one profile in the ledger."""
 
@@ -191,7 +186,7 @@ class Tracker:
                 self.ledger.update(entry.key, state=status.state, reason=status.reason)
             return None
         try:
-            record = self.cluster.exit_record(entry_paths(entry))
+            record = self.cluster.exit_record(entry.paths)
             detail = None
             if record is None or record.exit_code != 0:
                 # Accounting explains what a bare exit code cannot (time limit, OOM, kill).
