@@ -465,7 +465,8 @@ def _yaml_error(path: str | Path, exc: yaml.YAMLError) -> str:
     return f"{path}: not valid YAML: {str(exc).splitlines()[0]}"
 
 
-def load_profile_file(path: str | Path) -> Profile:
+def _profile_text(path: str | Path) -> str:
+    """A profile file's text, read no further than MAX_PROFILE_BYTES (plus one to notice)."""
     try:
         with open(path, "rb") as handle:
             raw = handle.read(MAX_PROFILE_BYTES + 1)
@@ -474,6 +475,11 @@ def load_profile_file(path: str | Path) -> Profile:
         raise ProfileError(f"{path}: cannot read profile: {exc}") from None
     if len(raw) > MAX_PROFILE_BYTES:
         raise ProfileError(f"{path}: larger than {MAX_PROFILE_BYTES} bytes; not a profile")
+    return text
+
+
+def load_profile_file(path: str | Path) -> Profile:
+    text = _profile_text(path)
     try:
         data: Any = _load_yaml(text, str(path))
     except yaml.YAMLError as exc:
@@ -521,12 +527,8 @@ PROFILE_SUFFIXES = (".yaml", ".yml")
 def _declared_name(path: Path) -> str | None:
     """The `name:` a profile file gives, or None when it cannot be read (reported on load)."""
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_PROFILE_BYTES + 1)
-        if len(raw) > MAX_PROFILE_BYTES:
-            return None
-        data = _load_yaml(raw.decode("utf-8"), str(path))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError, ZbatchError):
+        data = _load_yaml(_profile_text(path), str(path))
+    except (yaml.YAMLError, RecursionError, ZbatchError):
         return None
     name = data.get("name") if isinstance(data, dict) else None
     return name if isinstance(name, str) and name else None
