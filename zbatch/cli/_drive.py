@@ -12,7 +12,7 @@ import click
 
 from zbatch.cli._common import fail
 from zbatch.cli._progress import ProgressView
-from zbatch.clusters import Cluster
+from zbatch.clusters import Cluster, cluster_for
 from zbatch.model.profiles import Profile
 from zbatch.model.recipe import Recipe
 from zbatch.prepare.recipe_check import CheckedStep, unused_parameters
@@ -96,6 +96,30 @@ def drive(
         fail(str(exc), 1)
     view.close()
     return outcomes
+
+
+def drive_recipe(
+    profile: Profile,
+    recipe: Recipe,
+    values: dict[str, str],
+    view: ProgressView,
+    *,
+    dry_run: bool,
+    timeout: float | None,
+    keep_running: bool,
+) -> tuple[RecipeRunner, list[StepOutcome]] | None:
+    """Check every step of `recipe`, then drive it to its end on the profile's cluster
+    (`drive`); a dry run only shows the checked steps and gives None."""
+    cluster = cluster_for(profile)
+    try:
+        runner = make_runner(profile, cluster, view)
+        plan = checked_plan(runner, recipe, values, dry_run)
+        if dry_run:
+            show_dry_run(plan.steps)
+            return None
+        return runner, drive(runner, plan, view, timeout, keep_running)
+    finally:
+        cluster.close()
 
 
 def _exit(code: int) -> NoReturn:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import click
 
 from zbatch.cli._common import parse_params
-from zbatch.cli._drive import checked_plan, drive, make_runner, show_dry_run
+from zbatch.cli._drive import drive_recipe
 from zbatch.cli._options import dry_run_option, param_option, profile_option
 from zbatch.cli._progress import ProgressView
-from zbatch.clusters import cluster_for
 from zbatch.model.jobs import JobState
 from zbatch.model.profiles import load_profile
 from zbatch.model.recipe import Recipe
@@ -50,17 +49,18 @@ def run(
     profile = load_profile(profile_name or "local")
     recipe = Recipe.load(recipe_file)
     values = parse_params(params)
-    cluster = cluster_for(profile)
-    view = ProgressView()
-    try:
-        runner = make_runner(profile, cluster, view)
-        plan = checked_plan(runner, recipe, values, dry_run)
-        if dry_run:
-            show_dry_run(plan.steps)
-            return
-        outcomes = drive(runner, plan, view, timeout, keep_running)
-    finally:
-        cluster.close()
+    driven = drive_recipe(
+        profile,
+        recipe,
+        values,
+        ProgressView(),
+        dry_run=dry_run,
+        timeout=timeout,
+        keep_running=keep_running,
+    )
+    if driven is None:  # a dry run
+        return
+    _, outcomes = driven
     failed = [o for o in outcomes if o.state is not JobState.SUCCEEDED]
     click.echo(f"{len(outcomes) - len(failed)} step(s) succeeded, {len(failed)} failed")
     if failed or not outcomes:

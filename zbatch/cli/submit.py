@@ -8,7 +8,7 @@ import uuid
 import click
 
 from zbatch.cli._common import echo_json, fail, parse_params
-from zbatch.cli._drive import checked_plan, drive, make_runner, show_dry_run, warn_unused
+from zbatch.cli._drive import drive_recipe, show_dry_run, warn_unused
 from zbatch.cli._entries import print_entries
 from zbatch.cli._options import db_option, dry_run_option, param_option, profile_option
 from zbatch.cli._progress import ProgressView
@@ -155,17 +155,13 @@ def _submit_and_wait(
     recipe: Recipe, values: dict[str, str], profile: Profile, as_json: bool, dry_run: bool
 ) -> None:
     """The whole recipe driven as `zbatch run` drives it; the jobs stay on Ctrl-C."""
-    cluster = cluster_for(profile)
     view = ProgressView(sys.stderr if as_json else sys.stdout)
-    try:
-        runner = make_runner(profile, cluster, view)
-        plan = checked_plan(runner, recipe, values, dry_run)
-        if dry_run:
-            show_dry_run(plan.steps)
-            return
-        drive(runner, plan, view, None, keep_running=True)
-    finally:
-        cluster.close()
+    driven = drive_recipe(
+        profile, recipe, values, view, dry_run=dry_run, timeout=None, keep_running=True
+    )
+    if driven is None:  # a dry run
+        return
+    runner, _ = driven
     entries = runner.entries()
     print_entries(entries, as_json)
     if not entries or any(e.state is not JobState.SUCCEEDED for e in entries):
