@@ -70,10 +70,10 @@ def write_state(state_dir: Path, job_id: str, **fields: Any) -> None:
 def read_state(state_dir: Path, job_id: str) -> dict[str, Any] | None:
     """A job's record, or None when it is missing or not a record (size, depth, type)."""
     try:
-        with open(_job_file(state_dir, job_id), "rb") as handle:
-            raw = handle.read(MAX_RECORD_BYTES + 1)
-        data = safejson.loads(raw, f"localbatch job {job_id}", max_bytes=MAX_RECORD_BYTES)
-    except (OSError, ZbatchError):
+        data = safejson.load_file(
+            _job_file(state_dir, job_id), f"localbatch job {job_id}", max_bytes=MAX_RECORD_BYTES
+        )
+    except ZbatchError:
         return None
     return data if isinstance(data, dict) else None
 
