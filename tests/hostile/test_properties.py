@@ -83,6 +83,7 @@ STRING_FIELDS: list[tuple[str, ...]] = [
     ("parameters", "cluster_project"),
     ("parameters", "cluster_queue"),
     ("parameters", "cluster_submission_parameters"),
+    ("parameters", "cluster", "qsub_submission_parameters"),
     ("parameters", "cluster"),  # legacy: a cluster's name
 ]
 
