@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from zbatch.cli import main
+from zbatch.cli import command
 
-main()
+command()

@@ -55,6 +55,19 @@ class ConnectionFailure(ZbatchError):
     transient = True
 
 
+class RestartNeeded(ConnectionFailure):
+    """A library can load only in a process started with more environment (glibc reads
+    GLIBC_TUNABLES once, at start). The zbatch command starts itself again with `environment`
+    added, before it has done anything; other callers see a ConnectionFailure saying what to set.
+    """
+
+    transient = False
+
+    def __init__(self, message: str, environment: dict[str, str]) -> None:
+        super().__init__(message)
+        self.environment = environment
+
+
 class ClaimBusy(ZbatchError):
     """Another dispatcher may be submitting this very step right now: try again later."""
 

@@ -535,7 +535,10 @@ def squeue(state: State, args: list[str]) -> Reply:
 
 
 SCONTROL_OPTIONS: Spec = {
-    "oneliner": ("o", "no"), "details": ("d", "no"), "quiet": ("Q", "no"), "all": ("a", "no"),
+    "oneliner": ("o", "no"),
+    "details": ("d", "no"),
+    "quiet": ("Q", "no"),
+    "all": ("a", "no"),
 }
 
 
@@ -996,7 +999,9 @@ def _qstat_j_block(state: State, job: Job) -> str:
         f"parallel environment:  {pe} range: {count}\n" if pe else "",
         _row("context", _joined(job["context"])) if job["context"] else "",
         "usage    1:                 cpu=00:00:00, mem=0.00000 GB s, io=0.00000 GB, "
-        "vmem=N/A, maxvmem=N/A\n" if job["state"] == "r" else "",
+        "vmem=N/A, maxvmem=N/A\n"
+        if job["state"] == "r"
+        else "",
         f"error reason    1:          {job.get('error', '')}\n" if job["state"][0] == "E" else "",
         "scheduling info:            (Collecting of scheduler job information is turned off)\n",
     ]

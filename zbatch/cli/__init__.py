@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import click
 
 from zbatch import __version__
-from zbatch.cli._common import ZbatchGroup
+from zbatch.cli._common import ProcessRole, ZbatchGroup
 
 
 class Lazy(NamedTuple):
@@ -131,3 +131,10 @@ def main(verbose: int) -> None:
     )
     # pika logs every expected reconnect as an error; zbatch reports broker trouble itself.
     logging.getLogger("pika").setLevel(logging.DEBUG if verbose >= 3 else logging.CRITICAL)
+
+
+def command() -> None:
+    """The `zbatch` script and `python -m zbatch`: the process is the command's own, so it may
+    start itself again with what a library needs from process start (libdrmaa)."""
+    ProcessRole.is_the_command = True
+    main()

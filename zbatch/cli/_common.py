@@ -6,6 +6,7 @@ Kept to click and zbatch.errors, so that a command pays only for its own imports
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -13,7 +14,7 @@ from typing import Any, NoReturn
 import click
 from click.decorators import FC
 
-from zbatch.errors import ZbatchError
+from zbatch.errors import RestartNeeded, ZbatchError
 
 EXIT_USER_ERROR = 2
 
@@ -25,8 +26,33 @@ class ZbatchGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except RestartNeeded as exc:
+            restart(exc)
         except ZbatchError as exc:
             fail(str(exc), 1 if exc.transient else EXIT_USER_ERROR)
+
+
+class ProcessRole:
+    """Whether this process is the `zbatch` command itself (the script, `python -m zbatch`),
+    which may replace itself, rather than a program calling the CLI (tests, CliRunner)."""
+
+    is_the_command = False
+
+
+def restart(needed: RestartNeeded) -> NoReturn:
+    """Start this same command again in a process that has `needed.environment` from its start
+    (raised before the command did anything); a second time round it is an ordinary error."""
+    if not ProcessRole.is_the_command or os.environ.get(_RESTARTED):
+        fail(str(needed))
+    environment = {**os.environ, **needed.environment, _RESTARTED: "1"}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The same interpreter and arguments, no shell: nothing here comes from a message.
+    argv = [sys.executable, "-m", "zbatch", *sys.argv[1:]]
+    os.execve(sys.executable, argv, environment)  # noqa: S606
+
+
+_RESTARTED = "ZBATCH_RESTARTED"
 
 
 def fail(message: str, code: int = EXIT_USER_ERROR) -> NoReturn:

@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 import click
 
 from zbatch.cli._common import fail
+from zbatch.cli._entries import address
 from zbatch.cli._progress import ProgressView
 from zbatch.clusters import Cluster, cluster_for
 from zbatch.model.profiles import Profile
@@ -64,7 +65,7 @@ def _stop(runner: RecipeRunner, view: ProgressView, why: str, keep_running: bool
             for entry in runner.unfinished():
                 view.echo(
                     f"{why}: left running {_describe(entry)} (--keep-running); "
-                    f"`zbatch cancel {entry.job_id}` stops it"
+                    f"`zbatch cancel {address(entry)}` stops it"
                 )
             return
         cancelled = runner.stop()

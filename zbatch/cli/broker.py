@@ -92,9 +92,14 @@ def dlq() -> None:
 
 @dlq.command("list")
 @click.option("--queue", "queues", multiple=True, help="Work queue whose DLQ to count.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @transport_options
 def dlq_list_cmd(
-    queues: tuple[str, ...], kind: str, embedded_db: str | None, rabbit_conf: str | None
+    queues: tuple[str, ...],
+    as_json: bool,
+    kind: str,
+    embedded_db: str | None,
+    rabbit_conf: str | None,
 ) -> None:
     """Count dead letters per queue (default: cluster.submission).
 
@@ -103,10 +108,18 @@ def dlq_list_cmd(
       zbatch dlq list --queue cluster.submission
     """
     transport = _open(kind, embedded_db, rabbit_conf)
+    wanted = list(dict.fromkeys(queues)) or DEFAULT_QUEUES
     try:
-        counts = dlq_list(transport, list(queues) or DEFAULT_QUEUES)
+        counts = dlq_list(transport, wanted)
     finally:
         transport.disconnect()
+    if as_json:
+        rows = [
+            {"queue": queue, "dlq": dlq, "count": count}
+            for queue, (dlq, count) in zip(wanted, counts.items(), strict=True)
+        ]
+        echo_json({"schema": "zbatch.dead-letter-counts/1", "queues": rows})  # docs/json.md
+        return
     for name, count in counts.items():
         click.echo(f"{name:<40} {count}" if count else empty_queue(name))
 

@@ -25,7 +25,13 @@ from zbatch.prepare.template_check import template_problems
 
 @click.group(cls=ZbatchGroup)
 def profiles() -> None:
-    """List and validate site profiles."""
+    """List and validate site profiles.
+
+    \b
+    Example:
+      zbatch profiles list
+      zbatch profiles check site-configs/slurm-local.yaml
+    """
 
 
 @profiles.command("list")

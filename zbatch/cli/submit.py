@@ -7,7 +7,7 @@ import uuid
 
 import click
 
-from zbatch.cli._common import echo_json, fail, parse_params
+from zbatch.cli._common import echo_json, fail, parse_params, transport_option
 from zbatch.cli._drive import drive_recipe, show_dry_run, warn_unused
 from zbatch.cli._entries import print_entries
 from zbatch.cli._options import db_option, dry_run_option, param_option, profile_option
@@ -23,21 +23,15 @@ from zbatch.service.ledger import Ledger, LedgerEntry
 from zbatch.service.submitter import Submitter
 from zbatch.transport.factory import TransportConfig, make_transport
 
+PUBLISHED_SCHEMA = "zbatch.published/1"  # docs/json.md
+
 
 @click.command()
 @click.argument("recipe_file", metavar="RECIPE")
 @profile_option
 @param_option
 @db_option
-@click.option(
-    "--transport",
-    "kind",
-    type=click.Choice(["direct", "pika", "embedded"]),
-    default="direct",
-    show_default=True,
-    help="direct: submit the start steps now; pika/embedded: publish the recipe's "
-    "start messages for a dispatcher.",
-)
+@transport_option(None)
 @click.option("--rabbit-conf", metavar="FILE", help="RabbitMQ settings for --transport pika.")
 @click.option(
     "--wait",
@@ -51,7 +45,7 @@ def submit(
     profile_name: str | None,
     params: tuple[str, ...],
     embedded_db: str | None,
-    kind: str,
+    kind: str | None,
     rabbit_conf: str | None,
     wait: bool,
     dry_run: bool,
@@ -59,18 +53,25 @@ def submit(
 ) -> None:
     """Start a recipe: submit its start steps to a cluster, or publish it to a broker.
 
-    Every wrapper step is checked against the profile before anything is submitted.
+    Without --transport, the start steps are submitted to the profile's cluster now (and
+    --wait drives the later steps too); with --transport, the recipe's start messages are
+    published for a dispatcher. Every wrapper step is checked against the profile before
+    anything is submitted.
 
     \b
     Example:
       zbatch submit examples/hello.json --profile slurm-local -s who=me --wait
       zbatch submit examples/hello.json --transport pika --param who=me
     """
+    if as_json and dry_run:
+        fail("--json lists what was really submitted or sent; leave it out with --dry-run")
     source = Recipe.load(recipe_file)
     values = parse_params(params)
-    if kind != "direct":
+    if kind is not None:
         if wait:
-            fail("--wait needs --transport direct; a dispatcher runs brokered recipes")
+            fail(
+                "--wait submits directly: leave out --transport (a dispatcher runs brokered steps)"
+            )
         check_filled(source, values)
         if profile_name is not None:  # the dispatcher's profile, when the user names it
             _check_direct(source, values, load_profile(profile_name), embedded_db, True)[1].close()
@@ -179,11 +180,11 @@ def _publish(recipe: Recipe, config: TransportConfig, as_json: bool) -> None:
     finally:
         transport.disconnect()
     sent = [
-        {"recipe_id": m.recipe_id, "node": m.pointer, "queue": m.destination().queue}
+        {"recipe_id": m.recipe_id, "step": m.pointer, "queue": m.destination().queue}
         for m in messages
     ]
     if as_json:
-        echo_json(sent)
+        echo_json({"schema": PUBLISHED_SCHEMA, "transport": config.kind, "messages": sent})
         return
     for item in sent:
-        click.echo(f"recipe {item['recipe_id']}: node {item['node']} sent to {item['queue']}")
+        click.echo(f"recipe {item['recipe_id']}: step {item['step']} sent to {item['queue']}")

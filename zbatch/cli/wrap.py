@@ -6,9 +6,7 @@ from typing import Any
 
 import click
 
-from zbatch.cli._common import echo_json, fail
-
-TRANSPORT_ALIASES = {"embedded": "embedded", "pika": "pika", "PikaTransport": "pika"}
+from zbatch.cli._common import echo_json, fail, transport_option
 
 
 @click.command()
@@ -19,14 +17,8 @@ TRANSPORT_ALIASES = {"embedded": "embedded", "pika": "pika", "PikaTransport": "p
     metavar="FILE",
     help="Step message file written at submission.",
 )
-@click.option(
-    "-t",
-    "--transport",
-    default="embedded",
-    show_default=True,
-    type=click.Choice(sorted(TRANSPORT_ALIASES)),
-    help="Where results are sent.",
-)
+# zocalo.wrap's `-t PikaTransport`, as job scripts written for it say, is taken but not shown.
+@transport_option("embedded", "-t", dest="transport", aliases={"PikaTransport": "pika"})
 @click.option("--embedded-db", metavar="FILE", help="SQLite queue for --transport embedded.")
 @click.option("--rabbit-conf", metavar="FILE", help="RabbitMQ settings for --transport pika.")
 @click.option("--dry-run", is_flag=True, help="Print the tool's command line and exit.")
@@ -79,7 +71,7 @@ def wrap(
     _log_progress(verbose)
     from zbatch.transport.factory import TransportConfig, make_transport
 
-    config = TransportConfig(TRANSPORT_ALIASES[transport], embedded_db, rabbit_conf)
+    config = TransportConfig(transport, embedded_db, rabbit_conf)
     code, summary = runner.wrap(
         name, Path(recipewrapper), lambda: make_transport(config), workdir_root
     )

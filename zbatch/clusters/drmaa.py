@@ -21,7 +21,13 @@ from typing import Any
 
 from zbatch.clusters import Cluster
 from zbatch.connections.local import LocalConnection
-from zbatch.errors import ClusterUnavailable, ConnectionFailure, SchedulerError, ZbatchError
+from zbatch.errors import (
+    ClusterUnavailable,
+    ConnectionFailure,
+    RestartNeeded,
+    SchedulerError,
+    ZbatchError,
+)
 from zbatch.model.jobs import JobState, PreparedJob
 from zbatch.model.profiles import DrmaaConfig, Profile
 from zbatch.schedulers.base import SchedulerStatus
@@ -30,10 +36,14 @@ from zbatch.schedulers.sge import JOB_ID, SgeScheduler
 
 log = logging.getLogger(__name__)
 
+# libdrmaa's initial-exec TLS needs more static TLS than glibc keeps spare for a library loaded
+# after start ("cannot allocate memory in static TLS block"); glibc reads this only at start.
+STATIC_TLS_TUNABLE = "glibc.rtld.optional_static_tls=16384"
 HOWTO = (
     "give the profile drmaa: {sge_root, sge_cell, library_path (the path of libdrmaa.so)} or "
     "set SGE_ROOT, SGE_CELL, DRMAA_LIBRARY_PATH, and set "
-    "GLIBC_TUNABLES=glibc.rtld.optional_static_tls=16384 before Python starts"
+    f"GLIBC_TUNABLES={STATIC_TLS_TUNABLE} before Python starts (the zbatch command does that "
+    "by itself)"
 )
 # The profile's `drmaa` settings, by the variable libdrmaa (and the drmaa module) reads.
 VARIABLES = {"SGE_ROOT": "sge_root", "SGE_CELL": "sge_cell", "DRMAA_LIBRARY_PATH": "library_path"}
@@ -145,6 +155,12 @@ def load_drmaa(settings: DrmaaConfig | None = None) -> Any:
     try:
         import drmaa  # libdrmaa loads on import, so importing zbatch never needs it
     except (OSError, RuntimeError) as exc:
+        tunables = os.environ.get("GLIBC_TUNABLES", "")
+        if "static TLS" in str(exc) and "optional_static_tls" not in tunables:
+            added = ":".join(t for t in (tunables, STATIC_TLS_TUNABLE) if t)
+            raise RestartNeeded(
+                f"DRMAA: cannot load libdrmaa ({exc}); {HOWTO}", {"GLIBC_TUNABLES": added}
+            ) from None
         raise ConnectionFailure(
             f"DRMAA: cannot load libdrmaa ({exc}); {HOWTO}", transient=False
         ) from None

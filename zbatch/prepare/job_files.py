@@ -146,9 +146,7 @@ def _wrapper_command(
     return shlex.join(argv)
 
 
-def _commands_text(
-    lines: list[str], recipewrapper: Path, message: StepMessage
-) -> str:
+def _commands_text(lines: list[str], recipewrapper: Path, message: StepMessage) -> str:
     """dlstbx's placeholders; paths were pattern-checked, so plain replacement is safe."""
     params = message.step.get("parameters", {})
     text = "\n".join(lines).replace("$RECIPEWRAP", str(recipewrapper))

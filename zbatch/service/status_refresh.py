@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 from zbatch.clusters import cluster_for
 from zbatch.clusters.base import Cluster
-from zbatch.errors import ZbatchError
+from zbatch.errors import RestartNeeded, ZbatchError
 from zbatch.model.profiles import Profile, load_profile_file
 from zbatch.service.ledger import Ledger, LedgerEntry
 from zbatch.service.outcome import Why, why
@@ -49,6 +49,8 @@ def refresh(
                 Tracker(cluster, ledger, profile.name, recipe_ids=recipe_ids).poll_once()
             finally:
                 cluster.close()
+        except RestartNeeded:
+            raise  # the command starts again with what libdrmaa needs; polling twice is harmless
         except ZbatchError as exc:
             warn(str(exc))
     return current(ledger, entries)

@@ -25,10 +25,6 @@ from zbatch.transport.embedded import EmbeddedTransport
 
 ZBATCH = Path(sys.executable).parent / "zbatch"  # the installed console script
 
-# Their modules belong to other changes of the same issue; strict, so each fails once fixed.
-EXAMPLE_OWNED_ELSEWHERE = {"profiles"}
-TRANSPORT_OWNED_ELSEWHERE = {"submit", "wrap"}
-
 
 def command_paths() -> list[tuple[str, ...]]:
     """Every group and command below `zbatch`, as the words that name it."""
@@ -59,14 +55,6 @@ def command_at(path: tuple[str, ...]) -> click.Command:
     return command
 
 
-def owned_elsewhere(owned: set[str], path: tuple[str, ...]) -> list[pytest.MarkDecorator]:
-    if " ".join(path) not in owned:
-        return []
-    # Known gaps of issue #13 item 7, left for its next step: strict, so fixing one fails
-    # this marker and it must then be removed.
-    return [pytest.mark.xfail(strict=True, reason="not done yet: issue #13, one grammar")]
-
-
 def help_of(path: tuple[str, ...]) -> str:
     done = subprocess.run(
         [str(ZBATCH), *path, "--help"], capture_output=True, text=True, timeout=60, check=False
@@ -84,11 +72,7 @@ def test_the_tree_holds_the_groups_and_the_service_commands() -> None:
     assert {("dlq", "list"), ("dispatcher",), ("recipe-starter",)} <= set(TRANSPORT_PATHS)
 
 
-@pytest.mark.parametrize(
-    "path",
-    [pytest.param(p, marks=owned_elsewhere(EXAMPLE_OWNED_ELSEWHERE, p)) for p in PATHS],
-    ids=" ".join,
-)
+@pytest.mark.parametrize("path", PATHS, ids=" ".join)
 def test_every_help_has_an_example(path: tuple[str, ...]) -> None:
     text = help_of(path)
     match = re.search(r"^  Example:\n((?:    zbatch .*\n)+)", text, re.M)
@@ -96,11 +80,7 @@ def test_every_help_has_an_example(path: tuple[str, ...]) -> None:
     assert all(line.split()[1 : 1 + len(path)] == list(path) for line in match[1].splitlines())
 
 
-@pytest.mark.parametrize(
-    "path",
-    [pytest.param(p, marks=owned_elsewhere(TRANSPORT_OWNED_ELSEWHERE, p)) for p in TRANSPORT_PATHS],
-    ids=" ".join,
-)
+@pytest.mark.parametrize("path", TRANSPORT_PATHS, ids=" ".join)
 def test_every_transport_option_takes_the_same_names(path: tuple[str, ...]) -> None:
     assert f"--transport [{'|'.join(TRANSPORTS)}]" in help_of(path)
     (option,) = [o for o in command_at(path).params if "--transport" in o.opts]

@@ -225,9 +225,7 @@ def test_scheduler_errors_become_the_right_zbatch_error(
     assert len(fake.ids()) == (0 if call == "submit" else 1)
 
 
-def test_a_queue_sge_does_not_know_is_a_refusal(
-    fake: FakeScheduler, tmp_path: Path
-) -> None:
+def test_a_queue_sge_does_not_know_is_a_refusal(fake: FakeScheduler, tmp_path: Path) -> None:
     profile = fake_profile("sge", tmp_path / "work", defaults={"partition": "bogus.q"})
     with pytest.raises(SchedulerError) as caught:
         cluster_for(profile).submit(prepared(profile))
