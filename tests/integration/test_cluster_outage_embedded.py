@@ -210,4 +210,4 @@ def test_a_job_accepted_before_the_outage_is_found_not_submitted_again(
     stop.set()
     thread.join(30)
     ((_, body),) = drain(transport, "submitted")
-    assert [body["payload"]["jobid"]] == cluster.accepted
+    assert [str(body["payload"]["jobid"])] == cluster.accepted

@@ -479,7 +479,7 @@ def test_dispatcher_acks_a_step_whose_notice_queue_is_missing(
         f"job_submitted notice for job {entry.job_id} undeliverable: "
         f"queue {absent!r} does not exist"
     )
-    assert json.loads(body)["payload"]["jobid"] == entry.job_id
+    assert str(json.loads(body)["payload"]["jobid"]) == entry.job_id
     sample = dispatcher.metrics.registry.get_sample_value(
         "zbatch_messages_dead_lettered_total", {"reason": "undeliverable-notice"}
     )

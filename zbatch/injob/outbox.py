@@ -29,7 +29,7 @@ from tenacity import (
 from zbatch.errors import ParameterError, RecipeError, TransportError
 from zbatch.model import safejson
 from zbatch.model.jobs import atomic_write
-from zbatch.model.message import StepMessage
+from zbatch.model.message import WRAPPER_DEFAULT_CHANNEL, StepMessage
 from zbatch.transport.base import Transport
 
 log = logging.getLogger(__name__)
@@ -87,11 +87,14 @@ class Outbox:
     def sends(self) -> list[tuple[int, StepMessage]]:
         """Every send the pending messages make, in order: one per destination of each
         message's channel, with the index of the message it belongs to (what
-        `send_onward` would publish, split so that progress is kept send by send)."""
+        `send_onward` would publish, split so that progress is kept send by send). Like
+        zocalo.wrap, no default channel is set: unnamed outputs receive none of these."""
         return [
             (index, self.message.onward(target, payload))
             for index, (channel, payload) in enumerate(self.pending)
-            for target in self.message.destinations(channel)
+            for target in self.message.destinations(
+                channel, default_channel=WRAPPER_DEFAULT_CHANNEL
+            )
         ]
 
     def channels_after(self, sent: int) -> tuple[str, ...]:
@@ -141,7 +144,9 @@ class Outbox:
         """Send what is pending in order; with `save`, keep the file in step after each."""
         while self.pending:
             channel, payload = self.pending[0]
-            transport.send_onward(self.message, channel, payload)
+            transport.send_onward(
+                self.message, channel, payload, default_channel=WRAPPER_DEFAULT_CHANNEL
+            )
             self.pending.pop(0)
             self.sent += 1
             if save:

@@ -1,9 +1,11 @@
 """The in-job runner behind `zbatch wrap`: message in, tool run, results out.
 
 The flow follows zocalo.wrap: `starting`, then (extra outputs, result files) `success` or
-`failure`, then `completed`. Unlike zocalo.wrap the exit code is non-zero when the wrapper
-failed, so the scheduler's accounting tells the truth. Every message is first written to an
-outbox file beside the result record, so results survive a broker that is down.
+`failure`, then `completed`, each with `send_to` and no default channel (so a step whose
+outputs are an unnamed list sends none of them). Unlike zocalo.wrap the exit code is
+non-zero when the wrapper failed, so the scheduler's accounting tells the truth. Every
+message is first written to an outbox file beside the result record, so results survive a
+broker that is down.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from zbatch.errors import ParameterError, ZbatchError
-from zbatch.injob.heartbeat import END, ERROR, PROCESSING, Heartbeat
+from zbatch.injob.heartbeat import END, ERROR, PROCESSING, Heartbeat, task_name
 from zbatch.injob.outbox import Outbox, retry_window_s
 from zbatch.injob.tool_process import run_tool
 from zbatch.model import safejson, safety
@@ -187,7 +189,7 @@ def wrap(
     log.info("Starting wrapper %s with recipewrapper file %s", name, recipewrapper)
     record_path = Path(result_record_path(str(recipewrapper)))
     run = WrapRun(wrapper, record_path)
-    heartbeat = Heartbeat(make_transport, name)
+    heartbeat = Heartbeat(make_transport, task_name(name, message.step))
     heartbeat.start()
     try:
         outbox = Outbox(Path(outbox_path(str(recipewrapper))), message, make_transport)

@@ -23,6 +23,12 @@ MAX_MESSAGE_BYTES = safejson.MAX_MESSAGE_BYTES
 # RabbitMQ's delayed-message exchange takes at most 2**32 - 1 milliseconds.
 MAX_DELAY_S = (2**32 - 1) / 1000
 MAX_RECIPE_ID = 256  # zocalo's are UUIDs
+# workflows' `set_default_channel`, per sender (StepMessage.destinations): the dispatcher
+# sends its submission notice as dlstbx's cluster service does (set_default_channel
+# ("job_submitted"), then send()); `zbatch wrap` and what is sent for it later, like
+# zocalo.wrap, set none.
+DISPATCHER_DEFAULT_CHANNEL = "job_submitted"
+WRAPPER_DEFAULT_CHANNEL: str | None = None
 
 
 def is_recipe_message(headers: dict[str, Any]) -> bool:
@@ -103,16 +109,25 @@ class StepMessage:
             "recipe-pointer": self.pointer,
         }
 
-    def destinations(self, channel: str | None) -> list[int]:
-        """Targets of `send_to(channel)`; `channel=None` is workflows' plain `send()`.
+    def destinations(self, channel: str | None, *, default_channel: str | None) -> list[int]:
+        """The nodes workflows' RecipeWrapper sends to from this step, exactly:
+        `channel=None` is `send()`, a name is `send_to(name)`, and `default_channel` is what
+        `set_default_channel` set (None: never set).
 
-        Named outputs match by name. A plain int/list output counts as the default channel,
-        which zbatch's wrappers use for success (workflows sends it only on `send()`).
+        Named (dict) outputs: `send_to(name)` goes to that name only; `send()` goes to the
+        default channel's nodes, and nowhere without one. Unnamed (int/list) outputs:
+        `send()` goes to all of them; `send_to(name)` only when name is the default channel.
+        The dispatcher sets `job_submitted` as its default channel, as dlstbx's cluster
+        service does; `zbatch wrap`, like zocalo.wrap, sets none, so unnamed outputs get
+        nothing from `starting`/`success`/`failure`/`completed`.
         """
         outputs = self.recipe.outputs(self.pointer)
         if isinstance(outputs, dict):
-            return list(outputs.get(channel, [])) if channel is not None else []
-        return list(outputs) if channel in (None, "success") else []
+            name = default_channel if channel is None else channel
+            return list(outputs.get(name, [])) if name else []
+        if channel is None or channel == default_channel:
+            return list(outputs)
+        return []
 
     def onward(self, target: int, payload: Any) -> StepMessage:
         path = [*self.path, self.pointer] if self.pointer else list(self.path)
@@ -127,6 +142,17 @@ class StepMessage:
             exchange=_str_or_none(node.get("exchange")),
             delay=_delay(node.get("transport-delay")),
         )
+
+
+def job_submitted_payload(job_id: str | None, scheduler: str) -> dict[str, Any]:
+    """The `job_submitted` notice: `{"jobid": ..., "scheduler": ...}`, as dlstbx sends it.
+
+    `jobid` is a JSON number when the scheduler's id is one ("461" -> 461, as Slurm's REST
+    answer gives dlstbx); any other id stays text (array tasks "123_4", SGE "77.1")."""
+    jobid: int | str | None = job_id
+    if job_id and job_id.isascii() and job_id.isdigit() and str(int(job_id)) == job_id:
+        jobid = int(job_id)
+    return {"jobid": jobid, "scheduler": scheduler}
 
 
 def _delay(value: object) -> float | None:

@@ -164,6 +164,9 @@ class Profile(_Strict):
     template_dir: str | None = None
     allow_commands: bool = False
     allow_raw_scheduler_args: bool = False
+    # A step's `parameters.cluster` key zbatch does not know: refuse the step (dead-letter it),
+    # or warn (log it once per key, count it) and submit without it, as dlstbx ignores them.
+    unknown_cluster_keys: Literal["refuse", "warn"] = "refuse"
     # The wrappers a step may name; None: every installed one.
     wrappers: list[Name] | None = None
     # A `[rabbit]` INI on the host where jobs run, given to `zbatch wrap --rabbit-conf`: jobs

@@ -20,6 +20,7 @@ from zbatch.model.message import StepMessage, step_key
 from zbatch.model.profiles import Profile
 from zbatch.prepare.parameters import (
     WRAPPER_DIRECTORY_KEYS,
+    UnknownKeyCounter,
     confinement_root,
     envelope_files,
     is_wrapper_step,
@@ -27,6 +28,7 @@ from zbatch.prepare.parameters import (
     read_step,
     step_commands,
     wrapper_directory,
+    wrapper_name,
 )
 from zbatch.prepare.render import render_script
 from zbatch.transport.factory import job_transport_args
@@ -76,10 +78,17 @@ class JobContext:
     # only (`zbatch render` must work for an SSH profile whose host it cannot reach): its
     # symbolic links are checked when the step is submitted, through the cluster.
     resolve_paths: ResolvePaths | None = None
+    # Counts unknown `parameters.cluster` keys a profile ignores (unknown_cluster_keys: warn):
+    # the dispatcher's metric; None: logged only.
+    count_unknown_cluster_key: UnknownKeyCounter | None = None
 
     def command_for(self, profile: Profile) -> list[str]:
         # The profile knows where zbatch lives on the cluster; this process is the fallback.
         return profile.zbatch_command or self.zbatch_command or [sys.executable, "-m", "zbatch"]
+
+    def counting(self, count: UnknownKeyCounter) -> JobContext:
+        """This context, telling `count` each unknown cluster key a profile ignores."""
+        return dataclasses.replace(self, count_unknown_cluster_key=count)
 
     def on(self, cluster: ResolvesPaths) -> JobContext:
         """This context, resolving paths through `cluster` (on the host its jobs run on)."""
@@ -181,20 +190,27 @@ def prepare_job(message: StepMessage, profile: Profile, context: JobContext) -> 
     resolve = context.resolver(profile)
     if root is not None and resolve is not None:
         resolve.prefetch([root, *named_paths(message, profile)])  # one batch for the job
-    spec = read_step(message, profile, resolve)
+    spec = read_step(message, profile, resolve, context.count_unknown_cluster_key)
     paths = JobPaths(Path(spec.workdir), job_tag(message))
     recipewrapper, files = envelope_files(message, paths, root, resolve)
     check_wrapper_directories(message, spec.workdir, root, resolve)
     params = message.step["parameters"]
     lines = step_commands(message, profile)
-    if params.get("wrapper") is not None:
+    # A `wrapper` holding a path is the recipe-wrapper file (cryoem-services), read above.
+    wrapper = wrapper_name(params)
+    if wrapper is not None:
         if lines is not None:
             raise ParameterError(
                 f"step {message.pointer}: names both a wrapper and commands; give one of them"
             )
-        command = _wrapper_command(params["wrapper"], message, recipewrapper, profile, context)
+        command = _wrapper_command(wrapper, message, recipewrapper, profile, context)
     elif lines:
         command = _commands_text(lines, recipewrapper, message)
+    elif params.get("wrapper") is not None:
+        raise ParameterError(
+            f"step {message.pointer}: parameters.wrapper names a recipe-wrapper file (it holds "
+            "'/'), not a wrapper, and the step has no commands to run"
+        )
     else:
         raise ParameterError(f"step {message.pointer}: names neither a wrapper nor commands")
     spec = dataclasses.replace(spec, command=command, marker=step_key(message))

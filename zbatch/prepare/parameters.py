@@ -7,9 +7,11 @@ an error, never a silent clamp. Every value is validated here, before any templa
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shlex
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,8 +25,13 @@ from zbatch.model.units import parse_duration, parse_memory_mb
 from zbatch.prepare.qsub_args import translate_qsub_args
 from zbatch.prepare.shell_syntax import check_commands
 
+log = logging.getLogger(__name__)
+
 # A path as the host that runs the job resolves it (symbolic links followed).
 Resolve = Callable[[str], str]
+# Told the name of each unknown `parameters.cluster` key a step carries, where the profile
+# ignores them (`unknown_cluster_keys: warn`): the dispatcher counts them in its metrics.
+UnknownKeyCounter = Callable[[str], None]
 
 CLUSTER_KEYS = (
     "scheduler",
@@ -59,6 +66,72 @@ def is_wrapper_step(step: dict[str, Any]) -> bool:
     if not isinstance(params, dict):
         return False
     return any(k in params for k in ("wrapper", "cluster", "cluster_commands", "commands"))
+
+
+# How a key name is shown: plain when it is a short identifier, else escaped and shortened
+# (a key may hold line breaks, escapes or a megabyte of text).
+SHOWN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+MAX_SHOWN_KEY = 80
+
+
+def shown_key(key: str) -> str:
+    if SHOWN_KEY.fullmatch(key):
+        return key
+    text = repr(key)
+    return text if len(text) <= MAX_SHOWN_KEY else text[: MAX_SHOWN_KEY - 3] + "..."
+
+
+class _UnknownKeyLog:
+    """Unknown cluster keys already warned about in this process: each is logged once (the
+    first few hundred; then one line says that further ones go unlogged)."""
+
+    LIMIT = 256
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+        self._full = False
+        self._lock = threading.Lock()
+
+    def first_time(self, key: str) -> bool:
+        with self._lock:
+            if key in self._seen:
+                return False
+            if len(self._seen) >= self.LIMIT:
+                if not self._full:
+                    self._full = True
+                    log.warning(
+                        "%d distinct unknown parameters.cluster keys warned about; further "
+                        "ones are ignored without a warning (see the dispatcher's metric "
+                        "zbatch_unknown_cluster_keys_total)",
+                        self.LIMIT,
+                    )
+                return False
+            self._seen.add(key)
+            return True
+
+    def clear(self) -> None:
+        with self._lock:
+            self._seen.clear()
+            self._full = False
+
+
+UNKNOWN_KEYS_LOGGED = _UnknownKeyLog()
+
+
+def report_unknown_keys(reader: StepReader, count: UnknownKeyCounter | None) -> None:
+    """A profile that ignores unknown cluster keys: warn once per key, count every one."""
+    for key in reader.unknown_keys:
+        if UNKNOWN_KEYS_LOGGED.first_time(key):
+            log.warning(
+                "%s of recipe %s: ignoring unknown key parameters.cluster.%s (profile %s has "
+                "unknown_cluster_keys: warn; logged once per key)",
+                reader.where,
+                safety.safe_tag(reader.message.recipe_id, 36),
+                shown_key(key),
+                shown_key(reader.profile.name),
+            )
+        if count is not None:
+            count(key)
 
 
 def _int(value: object, what: str, minimum: int = 1) -> int:
@@ -98,13 +171,20 @@ class StepReader:
         self.params: dict[str, Any] = params
         cluster = params.get("cluster", {})
         # Legacy SGE recipes name a cluster with a string; its settings live in cluster_* keys.
-        self.cluster: dict[str, Any] = cluster if isinstance(cluster, dict) else {}
-        unknown = sorted(set(self.cluster) - set(CLUSTER_KEYS))
-        if unknown:
+        given: dict[Any, Any] = cluster if isinstance(cluster, dict) else {}
+        # Keys of a message are text from anyone: sorted by their repr (never compared as
+        # different types), and shown escaped wherever they are named.
+        self.unknown_keys: list[str] = sorted(
+            (str(key) for key in given if key not in CLUSTER_KEYS), key=repr
+        )
+        if self.unknown_keys and profile.unknown_cluster_keys == "refuse":
             raise ParameterError(
-                f"{self.where}: unknown key parameters.cluster.{unknown[0]}; "
-                f"allowed: {', '.join(CLUSTER_KEYS)}"
+                f"{self.where}: unknown key parameters.cluster.{shown_key(self.unknown_keys[0])}"
+                f"; allowed: {', '.join(CLUSTER_KEYS)} (a profile may ignore unknown keys "
+                "with unknown_cluster_keys: warn)"
             )
+        # Only the keys zbatch knows are ever read: an ignored key reaches no job script.
+        self.cluster: dict[str, Any] = {k: v for k, v in given.items() if k in CLUSTER_KEYS}
 
     def opt(self, key: str) -> Any:
         return self.cluster.get(key)
@@ -238,11 +318,16 @@ def _resources(reader: StepReader, legacy: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_step(
-    message: StepMessage, profile: Profile, resolve: Resolve | None = os.path.realpath
+    message: StepMessage,
+    profile: Profile,
+    resolve: Resolve | None = os.path.realpath,
+    count_unknown: UnknownKeyCounter | None = None,
 ) -> JobSpec:
     """The JobSpec of a step, without its command (which needs the spec's paths); `resolve`
-    gives real paths on the host where the job runs (None: text checks only)."""
+    gives real paths on the host where the job runs (None: text checks only); unknown cluster
+    keys a profile ignores are logged and told to `count_unknown`."""
     reader = StepReader(message, profile, resolve)
+    report_unknown_keys(reader, count_unknown)
     where, opt = reader.where, reader.opt
     legacy = reader.legacy_overrides()
     project = message.step["parameters"].get("cluster_project")
@@ -315,6 +400,48 @@ def confinement_root(profile: Profile) -> str | None:
     return os.path.normpath(os.path.expanduser(root)) if root else None
 
 
+def names_recipewrapper(wrapper: object) -> bool:
+    """cryoem-services' dialect: `parameters.wrapper` holding the recipe-wrapper file's path
+    (`"{class2d_dir}/.recipewrap"`), where zbatch's own recipes name a wrapper. A wrapper's
+    name never contains "/", so a value with one is a path."""
+    return isinstance(wrapper, str) and "/" in wrapper
+
+
+def wrapper_name(params: dict[str, Any]) -> object:
+    """`parameters.wrapper` when it names a wrapper (not a recipe-wrapper file), else None."""
+    wrapper = params.get("wrapper")
+    return None if names_recipewrapper(wrapper) else wrapper
+
+
+def envelope_given(params: dict[str, Any], where: str) -> dict[str, tuple[str, str]]:
+    """The envelope paths a step names, text-checked (absolute, normalised, no `..`, no line
+    break or shell syntax), each with what to call it in an error. A recipe-wrapper location
+    in `parameters.wrapper` counts as `recipewrapper`; both given, they must agree."""
+    given: dict[str, tuple[str, str]] = {}
+    for key in ENVELOPE_KEYS:
+        if params.get(key):
+            what = f"{where}: parameters.{key}"
+            given[key] = (safety.check_path(params[key], what), what)
+    location = params.get("wrapper")
+    if names_recipewrapper(location):
+        what = f"{where}: parameters.wrapper (a recipe-wrapper file, as it holds '/')"
+        if isinstance(location, str) and not location.startswith("/"):
+            raise ParameterError(
+                f"{what} {safety.check_text(location, what, limit=4096)!r} is a relative "
+                "path; give the absolute path of the recipe-wrapper file (a wrapper's name "
+                "never contains '/')"
+            )
+        path = safety.check_path(location, what)
+        if "recipewrapper" in given and given["recipewrapper"][0] != path:
+            raise ParameterError(
+                f"{where}: parameters.wrapper {path!r} and parameters.recipewrapper "
+                f"{given['recipewrapper'][0]!r} name different recipe-wrapper files; "
+                "give the path once"
+            )
+        given["recipewrapper"] = (path, what)
+    return given
+
+
 def envelope_files(
     message: StepMessage,
     paths: JobPaths,
@@ -327,13 +454,9 @@ def envelope_files(
     by `resolve` on the job's host: the files are written there before the job starts.
     """
     params = message.step.get("parameters", {})
-    where = f"step {message.pointer}"
     named: dict[str, Path] = {}
-    for key in ENVELOPE_KEYS:
-        if params.get(key):
-            what = f"{where}: parameters.{key}"
-            path = safety.check_path(params[key], what)
-            named[key] = Path(safety.check_within(path, root, what, resolve))
+    for key, (value, what) in envelope_given(params, f"step {message.pointer}").items():
+        named[key] = Path(safety.check_within(value, root, what, resolve))
     recipewrapper = named.get("recipewrapper", paths.recipewrapper)
     files = {recipewrapper: json.dumps(message.to_body(), indent=2)}
     if "recipefile" in named:
@@ -379,6 +502,8 @@ def named_paths(message: StepMessage, profile: Profile) -> list[str]:
     for key in ENVELOPE_KEYS:
         if reader.params.get(key):
             add(reader.params[key])
+    if names_recipewrapper(reader.params.get("wrapper")):
+        add(reader.params["wrapper"])
     job = message.step.get("job_parameters")
     if workdir is not None and isinstance(job, dict):
         for key in WRAPPER_DIRECTORY_KEYS:

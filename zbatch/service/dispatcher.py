@@ -26,7 +26,13 @@ from tenacity import RetryError, Retrying, retry_if_exception, stop_after_attemp
 from zbatch.clusters import Cluster
 from zbatch.errors import ClaimBusy, ClusterUnavailable, TransportError, ZbatchError
 from zbatch.model.jobs import JobState
-from zbatch.model.message import StepMessage, internal_reason, is_recipe_message
+from zbatch.model.message import (
+    DISPATCHER_DEFAULT_CHANNEL,
+    StepMessage,
+    internal_reason,
+    is_recipe_message,
+    job_submitted_payload,
+)
 from zbatch.model.profiles import Profile
 from zbatch.prepare.job_files import JobContext
 from zbatch.service.ledger import Ledger, LedgerEntry, Reported
@@ -94,7 +100,8 @@ class Dispatcher:
         self.transport = transport
         self.config = config or DispatcherConfig()
         self.metrics = metrics or DispatcherMetrics()
-        self.submitter = Submitter(profile, cluster, ledger, context)
+        counted = context.counting(self.metrics.count_unknown_cluster_key)  # ignored keys
+        self.submitter = Submitter(profile, cluster, ledger, counted)
         self.tracker = Tracker(cluster, ledger, profile.name, profile.poll_interval_s)
         self.outcomes: Tally[str] = Tally()
         self._next_poll = 0.0
@@ -372,16 +379,20 @@ class Dispatcher:
         in flight, until the next receive): what follows the commit runs in `committed`.
         """
         message, entry, notices = job.message, result.entry, []
+        # As dlstbx: set_default_channel("job_submitted"), then send(): named outputs get it
+        # on `job_submitted`, unnamed (list) outputs all get it.
         # Nobody listens: no ledger round trip (it waits behind workers' commits).
-        if message.destinations("job_submitted"):
+        if message.destinations(None, default_channel=DISPATCHER_DEFAULT_CHANNEL):
             if not result.new:
                 # Read afresh: a duplicate settled after its twin carries a stale snapshot.
                 # (A new claim's own snapshot is fresh: only a settled twin sets the bit.)
                 entry = self.ledger.get(entry.key) or entry
             if not entry.reported & Reported.SUBMITTED:
-                payload = {"jobid": entry.job_id, "scheduler": entry.scheduler}
+                payload = job_submitted_payload(entry.job_id, entry.scheduler)
                 what = f"job_submitted notice for job {entry.job_id}"
-                notices = onward_outgoing(message, "job_submitted", payload, what)
+                notices = onward_outgoing(
+                    message, None, payload, what, default_channel=DISPATCHER_DEFAULT_CHANNEL
+                )
 
         def committed(settlement: Settlement) -> None:
             for _notice, reason in settlement.undeliverable:

@@ -24,13 +24,19 @@ from zbatch.clusters import Cluster
 from zbatch.errors import ZbatchError
 from zbatch.model import safety
 from zbatch.model.jobs import JobState, result_record_path
-from zbatch.model.message import StepMessage, internal_reason, start_messages
+from zbatch.model.message import (
+    DISPATCHER_DEFAULT_CHANNEL,
+    StepMessage,
+    internal_reason,
+    job_submitted_payload,
+    start_messages,
+)
 from zbatch.model.profiles import Profile
 from zbatch.model.recipe import Recipe
 from zbatch.prepare.job_files import JobContext
 from zbatch.prepare.parameters import is_wrapper_step
 from zbatch.prepare.recipe_check import CheckedStep, check_recipe
-from zbatch.service.ledger import Ledger, LedgerEntry
+from zbatch.service.ledger import Ledger, LedgerEntry, Reported
 from zbatch.service.outcome import stderr_tail
 from zbatch.service.owed import Deliverer
 from zbatch.service.progress import Listener, ProgressBoard
@@ -217,6 +223,7 @@ class RecipeRunner:
                     continue
                 transport.ack(delivery)
                 entry = done.entry
+                self._notify_submitted(transport, message, entry)
                 self.messages[entry.key] = message
                 self.outcomes[message.pointer] = StepOutcome(
                     message.pointer, JobState.PENDING, entry.job_id, entry.workdir
@@ -227,6 +234,20 @@ class RecipeRunner:
                 )
                 self.board.observe(message.pointer, entry.job_id, entry.state)
         return took
+
+    def _notify_submitted(
+        self, transport: EmbeddedTransport, message: StepMessage, entry: LedgerEntry
+    ) -> None:
+        """The dispatcher's `job_submitted` notice, by the same rules (once per step; as
+        dlstbx: default channel `job_submitted`, then send(), so unnamed outputs get it)."""
+        if entry.reported & Reported.SUBMITTED:
+            return
+        payload = job_submitted_payload(entry.job_id, entry.scheduler)
+        if transport.send_onward(
+            message, None, payload, default_channel=DISPATCHER_DEFAULT_CHANNEL
+        ):
+            fresh = self.ledger.get(entry.key) or entry  # keep any bit set since
+            self.ledger.update(entry.key, reported=fresh.reported | Reported.SUBMITTED)
 
     def _echo_stderr_tail(self, entry: LedgerEntry) -> None:
         """The last lines the failed job wrote to its stderr, where the user looks first."""

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# Unknown `parameters.cluster` keys are named by messages: a label value only for a short
+# identifier, and for the first MAX_UNKNOWN_KEY_LABELS distinct ones; the rest are "other".
+UNKNOWN_KEY_LABEL = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+MAX_UNKNOWN_KEY_LABELS = 50
+OTHER_KEY = "other"
 
 
 class DispatcherMetrics:
@@ -40,8 +47,26 @@ class DispatcherMetrics:
             registry=r,
         )
         self.cluster_available.set(1)
+        self.unknown_cluster_keys = Counter(
+            "zbatch_unknown_cluster_keys",
+            "Unknown parameters.cluster keys ignored (profile unknown_cluster_keys: warn)",
+            ["key"],
+            registry=r,
+        )
+        self._key_labels: set[str] = set()
+        self._key_lock = threading.Lock()
         self.last_loop = time.monotonic()
         self.connected = False
+
+    def count_unknown_cluster_key(self, key: str) -> None:
+        """Count one ignored key (called from the submission workers)."""
+        label = key if isinstance(key, str) and UNKNOWN_KEY_LABEL.fullmatch(key) else OTHER_KEY
+        with self._key_lock:
+            if label not in self._key_labels:
+                if len(self._key_labels) >= MAX_UNKNOWN_KEY_LABELS:
+                    label = OTHER_KEY
+                self._key_labels.add(label)
+        self.unknown_cluster_keys.labels(label).inc()
 
     def set_cluster_available(self, available: bool) -> None:
         self.cluster_available.set(1 if available else 0)

@@ -24,7 +24,7 @@ from zbatch.clusters import Cluster
 from zbatch.errors import TransportError, ZbatchError
 from zbatch.injob.outbox import Outbox
 from zbatch.model.jobs import JobState, outbox_path
-from zbatch.model.message import StepMessage
+from zbatch.model.message import WRAPPER_DEFAULT_CHANNEL, StepMessage
 from zbatch.service.ledger import Ledger, LedgerEntry, Owed, Reported
 from zbatch.service.submitter import worker_id, wrapper_reported
 from zbatch.transport.base import Transport
@@ -199,7 +199,8 @@ class Deliverer:
             if text is None:
                 raise ZbatchError(f"message file {entry.message_path} is gone")
             message = StepMessage.from_body(text, source=entry.message_path)
-            targets = message.destinations("failure")
+            # Sent for the job's wrapper, so as zocalo.wrap would: no default channel.
+            targets = message.destinations("failure", default_channel=WRAPPER_DEFAULT_CHANNEL)
             while sent < len(targets):
                 self.transport.send_step(message.onward(targets[sent], owed.failure))
                 sent += 1

@@ -174,9 +174,18 @@ class Transport(ABC):
         for outgoing in step_outgoing(message):
             self.send(outgoing)
 
-    def send_onward(self, message: StepMessage, channel: str | None, payload: Any) -> list[int]:
-        """Send `payload` from `message`'s step on `channel`; returns the destinations."""
-        targets = message.destinations(channel)
+    def send_onward(
+        self,
+        message: StepMessage,
+        channel: str | None,
+        payload: Any,
+        *,
+        default_channel: str | None = None,
+    ) -> list[int]:
+        """Send `payload` from `message`'s step on `channel` (None: workflows' `send()`), with
+        `default_channel` as `set_default_channel` set it (`StepMessage.destinations`);
+        returns the destinations."""
+        targets = message.destinations(channel, default_channel=default_channel)
         for target in targets:
             self.send_step(message.onward(target, payload))
         return targets
@@ -218,11 +227,17 @@ def step_outgoing(message: StepMessage, what: str = "message") -> list[Outgoing]
 
 
 def onward_outgoing(
-    message: StepMessage, channel: str | None, payload: Any, what: str = "message"
+    message: StepMessage,
+    channel: str | None,
+    payload: Any,
+    what: str = "message",
+    *,
+    default_channel: str | None = None,
 ) -> list[Outgoing]:
-    """What `send_onward(message, channel, payload)` publishes, to hand to `settle`."""
+    """What `send_onward(message, channel, payload, default_channel=...)` publishes, to hand
+    to `settle`."""
     return [
         outgoing
-        for target in message.destinations(channel)
+        for target in message.destinations(channel, default_channel=default_channel)
         for outgoing in step_outgoing(message.onward(target, payload), what)
     ]

@@ -116,11 +116,55 @@ def test_workflows_reads_what_zbatch_sends() -> None:
     assert theirs.payload == "done" and theirs.environment == {"ID": "abc"}
 
 
-def test_plain_list_outputs_count_as_the_default_channel() -> None:
+def test_unnamed_outputs_follow_the_default_channel_only() -> None:
     step2 = StepMessage(Recipe.from_json(RECIPE), 2, [1], {"ID": "x"}, None)
-    assert step2.destinations("success") == [3]
-    assert step2.destinations(None) == [3]
-    assert step2.destinations("failure") == []
+    assert step2.destinations("success", default_channel=None) == []
+    assert step2.destinations(None, default_channel=None) == [3]
+    assert step2.destinations("job_submitted", default_channel="job_submitted") == [3]
+    assert step2.destinations("failure", default_channel="job_submitted") == []
+
+
+OUTPUT_FORMS: list[Any] = [
+    None,
+    2,
+    [2],
+    [2, 3],
+    {"success": 2},
+    {"success": [2, 3], "failure": 3, "job_submitted": 2},
+    {"job_submitted": [3]},
+    {},
+]
+
+
+@pytest.mark.parametrize("output", OUTPUT_FORMS)
+@pytest.mark.parametrize("default_channel", [None, "job_submitted", "success", ""])
+@pytest.mark.parametrize("channel", [None, "success", "failure", "job_submitted", "other"])
+def test_destinations_are_workflows_send_and_send_to(
+    output: Any, default_channel: str | None, channel: str | None
+) -> None:
+    """Every output form, channel and default channel: the nodes workflows' RecipeWrapper
+    sends to with `set_default_channel(default_channel)` then `send`/`send_to(channel)`."""
+    node: dict[str, Any] = {"queue": "one"}
+    if output is not None:
+        node["output"] = output
+    recipe = {
+        "1": node,
+        "2": {"queue": "two"},
+        "3": {"queue": "three"},
+        "start": [[1, []]],
+        "error": [2, 3],  # nodes 2 and 3 referenced whatever node 1's output
+    }
+    message = start_messages(Recipe.from_json(recipe), {"ID": "x"})[0]
+    recorder = Recorder()
+    theirs = RecipeWrapper(message=json.loads(json.dumps(message.to_body())), transport=recorder)
+    if default_channel is not None:
+        theirs.set_default_channel(default_channel)
+    if channel is None:
+        theirs.send("payload")
+    else:
+        theirs.send_to(channel, "payload")
+    expected = [body["recipe-pointer"] for _, body, _, _ in recorder.sent]
+    assert message.destinations(channel, default_channel=default_channel) == expected
 
 
 @pytest.mark.parametrize(
