@@ -129,8 +129,10 @@ def main(verbose: int) -> None:
     logging.basicConfig(
         level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s"
     )
-    # pika logs every expected reconnect as an error; zbatch reports broker trouble itself.
-    logging.getLogger("pika").setLevel(logging.DEBUG if verbose >= 3 else logging.CRITICAL)
+    # pika and stomp.py log every expected reconnect as an error or warning; zbatch reports
+    # broker trouble itself.
+    for library in ("pika", "stomp.py"):
+        logging.getLogger(library).setLevel(logging.DEBUG if verbose >= 3 else logging.CRITICAL)
 
 
 def command() -> None:

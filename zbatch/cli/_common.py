@@ -71,12 +71,14 @@ def parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
 
 
 # One set of transport names and one help text for every command's --transport.
-TRANSPORTS = ("embedded", "pika")
-TRANSPORT_HELP = "Which queue: embedded (SQLite file on this machine) or pika (RabbitMQ)."
+TRANSPORTS = ("embedded", "pika", "stomp")
+TRANSPORT_HELP = (
+    "Which queue: embedded (SQLite file on this machine), pika (RabbitMQ) or stomp (ActiveMQ)."
+)
 
 
 class TransportChoice(click.Choice[str]):
-    """`embedded|pika`; also takes hidden aliases (zocalo.wrap's `PikaTransport`) that
+    """`embedded|pika|stomp`; also takes hidden aliases (zocalo.wrap's `PikaTransport`) that
     old job scripts still pass, without showing them in --help or in error messages."""
 
     def __init__(self, aliases: dict[str, str] | None = None) -> None:
@@ -111,7 +113,11 @@ def transport_option(
 
 
 def transport_options(func: Any) -> Any:
-    """--transport embedded|pika with --rabbit-conf and --embedded-db, as every service takes."""
+    """--transport embedded|pika|stomp with --rabbit-conf, --stomp-conf and --embedded-db, as
+    every service takes."""
+    func = click.option(
+        "--stomp-conf", metavar="FILE", help="ActiveMQ settings ([stomp] INI) for stomp."
+    )(func)
     func = click.option(
         "--rabbit-conf", metavar="FILE", help="RabbitMQ settings ([rabbit] INI) for pika."
     )(func)

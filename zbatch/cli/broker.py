@@ -22,8 +22,10 @@ from zbatch.transport.pika import PikaTransport
 DEFAULT_QUEUES = ["cluster.submission"]
 
 
-def _open(kind: str, embedded_db: str | None, rabbit_conf: str | None) -> Any:
-    transport = make_transport(TransportConfig(kind, embedded_db, rabbit_conf))
+def _open(
+    kind: str, embedded_db: str | None, rabbit_conf: str | None, stomp_conf: str | None
+) -> Any:
+    transport = make_transport(TransportConfig(kind, embedded_db, rabbit_conf, stomp_conf))
     transport.connect()
     return transport
 
@@ -100,6 +102,7 @@ def dlq_list_cmd(
     kind: str,
     embedded_db: str | None,
     rabbit_conf: str | None,
+    stomp_conf: str | None,
 ) -> None:
     """Count dead letters per queue (default: cluster.submission).
 
@@ -107,7 +110,7 @@ def dlq_list_cmd(
     Example:
       zbatch dlq list --queue cluster.submission
     """
-    transport = _open(kind, embedded_db, rabbit_conf)
+    transport = _open(kind, embedded_db, rabbit_conf, stomp_conf)
     wanted = list(dict.fromkeys(queues)) or DEFAULT_QUEUES
     try:
         counts = dlq_list(transport, wanted)
@@ -142,6 +145,7 @@ def dlq_show_cmd(
     kind: str,
     embedded_db: str | None,
     rabbit_conf: str | None,
+    stomp_conf: str | None,
 ) -> None:
     """Show dead letters with their reasons; they stay in the DLQ.
 
@@ -149,7 +153,7 @@ def dlq_show_cmd(
     Example:
       zbatch dlq show cluster.submission --limit 5
     """
-    transport = _open(kind, embedded_db, rabbit_conf)
+    transport = _open(kind, embedded_db, rabbit_conf, stomp_conf)
     try:
         letters = dlq_show(transport, queue, limit)
     finally:
@@ -185,7 +189,12 @@ def dlq_show_cmd(
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Replay at most this many.")
 @transport_options
 def dlq_replay_cmd(
-    queue: str, limit: int | None, kind: str, embedded_db: str | None, rabbit_conf: str | None
+    queue: str,
+    limit: int | None,
+    kind: str,
+    embedded_db: str | None,
+    rabbit_conf: str | None,
+    stomp_conf: str | None,
 ) -> None:
     """Send dead letters back to the queue they came from.
 
@@ -193,7 +202,7 @@ def dlq_replay_cmd(
     Example:
       zbatch dlq replay cluster.submission
     """
-    transport = _open(kind, embedded_db, rabbit_conf)
+    transport = _open(kind, embedded_db, rabbit_conf, stomp_conf)
     try:
         count = dlq_replay(transport, queue, limit)
     finally:

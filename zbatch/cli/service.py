@@ -60,6 +60,7 @@ def dispatcher(
     kind: str,
     queue: str,
     rabbit_conf: str | None,
+    stomp_conf: str | None,
     embedded_db: str | None,
     metrics_port: int | None,
     workers: int,
@@ -72,7 +73,7 @@ def dispatcher(
       zbatch dispatcher --profile slurm-local --transport pika --metrics-port 9101
     """
     profile = load_profile(profile_name)
-    config = TransportConfig(kind, embedded_db, rabbit_conf)
+    config = TransportConfig(kind, embedded_db, rabbit_conf, stomp_conf)
     transport = make_transport(config)
     cluster = cluster_for(profile)
     metrics = DispatcherMetrics()
@@ -134,6 +135,7 @@ def recipe_starter(
     kind: str,
     queue: str,
     rabbit_conf: str | None,
+    stomp_conf: str | None,
     embedded_db: str | None,
     max_messages: int | None,
 ) -> None:
@@ -143,7 +145,7 @@ def recipe_starter(
     Example:
       zbatch recipe-starter --recipe-dir /dls_sw/apps/zocalo/live/recipes
     """
-    transport = make_transport(TransportConfig(kind, embedded_db, rabbit_conf))
+    transport = make_transport(TransportConfig(kind, embedded_db, rabbit_conf, stomp_conf))
     starter = RecipeStarter(transport, Path(recipe_dir))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())

@@ -33,6 +33,7 @@ PUBLISHED_SCHEMA = "zbatch.published/1"  # docs/json.md
 @db_option
 @transport_option(None)
 @click.option("--rabbit-conf", metavar="FILE", help="RabbitMQ settings for --transport pika.")
+@click.option("--stomp-conf", metavar="FILE", help="ActiveMQ settings for --transport stomp.")
 @click.option(
     "--wait",
     is_flag=True,
@@ -47,6 +48,7 @@ def submit(
     embedded_db: str | None,
     kind: str | None,
     rabbit_conf: str | None,
+    stomp_conf: str | None,
     wait: bool,
     dry_run: bool,
     as_json: bool,
@@ -81,7 +83,7 @@ def submit(
             return
         _publish(
             source.apply_parameters(values),
-            TransportConfig(kind, embedded_db, rabbit_conf),
+            TransportConfig(kind, embedded_db, rabbit_conf, stomp_conf),
             as_json,
         )
         return

@@ -2,11 +2,55 @@
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from zbatch.cli._common import echo_json, fail, transport_option
+
+if TYPE_CHECKING:
+    from zbatch.transport.stomp_settings import StompSettings
+
+# zocalo.wrap's STOMP options, which job scripts written for it pass: taken, not shown in the
+# help. zbatch's own jobs name a `[stomp]` INI with `--stomp-conf` instead (a password on a
+# command line is visible to every user of the host). Option -> the StompSettings field.
+PIECES = {
+    "--stomp-host": "host",
+    "--stomp-port": "port",
+    "--stomp-user": "username",
+    "--stomp-pass": "password",
+    "--stomp-prfx": "prefix",
+}
+
+
+def stomp_piece_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Hidden --stomp-host/--stomp-port/--stomp-user/--stomp-pass/--stomp-prfx; the command
+    receives those given as one `stomp_pieces` argument (field -> value)."""
+
+    @functools.wraps(func)  # keeps the options declared so far (click's __click_params__)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        given = {name: kwargs.pop(f"stomp_{name}") for name in PIECES.values()}
+        pieces = {name: value for name, value in given.items() if value is not None}
+        return func(*args, stomp_pieces=pieces, **kwargs)
+
+    for option, name in PIECES.items():
+        kind: Any = click.IntRange(1, 65535) if name == "port" else str
+        click.option(option, f"stomp_{name}", type=kind, hidden=True)(command)
+    return command
+
+
+def stomp_settings(conf: str | None, pieces: dict[str, Any]) -> StompSettings | None:
+    """StompSettings from `conf` (or the environment) with zocalo.wrap's pieces over it;
+    None when no piece was given (the transport reads `conf` itself)."""
+    if not pieces:
+        return None
+    from zbatch.transport.stomp_settings import StompSettings
+
+    base = StompSettings.from_ini(conf) if conf else StompSettings.from_env()
+    return dataclasses.replace(base, **pieces)
 
 
 @click.command()
@@ -17,10 +61,18 @@ from zbatch.cli._common import echo_json, fail, transport_option
     metavar="FILE",
     help="Step message file written at submission.",
 )
-# zocalo.wrap's `-t PikaTransport`, as job scripts written for it say, is taken but not shown.
-@transport_option("embedded", "-t", dest="transport", aliases={"PikaTransport": "pika"})
+# zocalo.wrap's `-t PikaTransport`/`-t StompTransport`, as job scripts written for it say, are
+# taken but not shown.
+@transport_option(
+    "embedded",
+    "-t",
+    dest="transport",
+    aliases={"PikaTransport": "pika", "StompTransport": "stomp"},
+)
 @click.option("--embedded-db", metavar="FILE", help="SQLite queue for --transport embedded.")
 @click.option("--rabbit-conf", metavar="FILE", help="RabbitMQ settings for --transport pika.")
+@click.option("--stomp-conf", metavar="FILE", help="ActiveMQ settings for --transport stomp.")
+@stomp_piece_options
 @click.option("--dry-run", is_flag=True, help="Print the tool's command line and exit.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: machine-readable output.")
 @click.option(
@@ -37,6 +89,8 @@ def wrap(
     transport: str,
     embedded_db: str | None,
     rabbit_conf: str | None,
+    stomp_conf: str | None,
+    stomp_pieces: dict[str, str],
     dry_run: bool,
     as_json: bool,
     verbose: int,
@@ -71,7 +125,9 @@ def wrap(
     _log_progress(verbose)
     from zbatch.transport.factory import TransportConfig, make_transport
 
-    config = TransportConfig(transport, embedded_db, rabbit_conf)
+    config = TransportConfig(
+        transport, embedded_db, rabbit_conf, stomp_conf, stomp_settings(stomp_conf, stomp_pieces)
+    )
     code, summary = runner.wrap(
         name, Path(recipewrapper), lambda: make_transport(config), workdir_root
     )

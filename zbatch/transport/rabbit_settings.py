@@ -98,7 +98,7 @@ class RabbitSettings:
             raise _bad(f"cannot read RabbitMQ settings {path}: not UTF-8 text") from None
         except configparser.Error as exc:
             # configparser quotes the offending line, which may be the password: never shown.
-            raise _bad(f"cannot read RabbitMQ settings {path}: {_ini_problem(exc)}") from None
+            raise _bad(f"cannot read RabbitMQ settings {path}: {ini_problem(exc)}") from None
         if not parser.has_section("rabbit"):
             raise _bad(f"{path}: no [rabbit] section")
         items = dict(parser.items("rabbit"))
@@ -178,7 +178,7 @@ def _spellings(password: str) -> re.Pattern[str]:
     return re.compile("".join(parts))
 
 
-def _ini_problem(exc: configparser.Error) -> str:
+def ini_problem(exc: configparser.Error) -> str:
     """What is wrong with an INI file, by line number, without quoting the line."""
     if isinstance(exc, configparser.MissingSectionHeaderError):
         return f"line {exc.lineno} comes before any [section] header"

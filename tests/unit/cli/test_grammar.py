@@ -95,19 +95,23 @@ def test_an_unknown_transport_is_refused_with_the_names(zbatch: ZbatchRun, tmp_p
 
 
 def test_a_hidden_alias_is_taken_but_never_offered() -> None:
-    """For `zbatch wrap`, whose old job scripts say zocalo.wrap's `PikaTransport`."""
+    """For `zbatch wrap`, whose old job scripts say zocalo.wrap's `PikaTransport` or
+    `StompTransport`."""
 
     @click.command()
-    @transport_option("embedded", "-t", aliases={"PikaTransport": "pika"})
+    @transport_option(
+        "embedded", "-t", aliases={"PikaTransport": "pika", "StompTransport": "stomp"}
+    )
     def show(kind: str) -> None:
         click.echo(kind)
 
     runner = CliRunner()
     assert runner.invoke(show, ["-t", "PikaTransport"]).output == "pika\n"
-    assert "[embedded|pika]" in runner.invoke(show, ["--help"]).output
+    assert runner.invoke(show, ["-t", "StompTransport"]).output == "stomp\n"
+    assert "[embedded|pika|stomp]" in runner.invoke(show, ["--help"]).output
     refused = runner.invoke(show, ["-t", "Pika"])
     assert refused.exit_code == 2
-    assert "PikaTransport" not in refused.output
+    assert "PikaTransport" not in refused.output and "StompTransport" not in refused.output
 
 
 def test_a_transport_may_be_left_unset() -> None:

@@ -1,0 +1,677 @@
+"""ActiveMQ through STOMP 1.2 (stomp.py), on the wire as workflows' StompTransport.
+
+Names as workflows builds them: queue `q` is `/queue/<prefix>.q`, the status topic is
+`/topic/<prefix>.transient.status`; recipe messages carry `workflows-recipe: True`; sends
+are persistent; a delay is ActiveMQ's `AMQ_SCHEDULED_DELAY` (milliseconds), a broadcast's
+lifetime its `expires` (epoch milliseconds).
+
+Dead letters follow ActiveMQ's convention: zbatch's `dlq.<queue>` is the broker's
+`/queue/DLQ.<prefix>.<queue>`, where ActiveMQ itself puts a message whose redeliveries ran
+out (individualDeadLetterStrategy with queuePrefix "DLQ."), so both kinds are in one place.
+
+Guarantees as the pika transport's:
+- Subscriptions use `client-individual` acks with `activemq.prefetchSize`; a message is
+  acked only when its consumer says so.
+- `settle` sends a delivery's onward messages and acks it in one STOMP transaction, whose
+  COMMIT carries a receipt: once `settle` returns, the broker has done all of it.
+- A plain `publish` asks for a receipt too (the broker holds the message when it returns).
+- `nack(requeue=True)` and `dead_letter` are a copy (back to the queue, or to the DLQ) and
+  the ack in one transaction: ActiveMQ's own NACK would dead-letter at once.
+- A lost connection is reopened lazily by the next call, with bounded backoff; deliveries
+  from the old connection are refused at ack time (the broker delivers them again).
+
+NOT thread-safe for callers: use one StompTransport per thread (stomp.py's own receiver
+thread only fills per-subscription buffers and signals receipts).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue as queue_module
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import stomp
+import stomp.exception
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_delay,
+    wait_exponential,
+)
+
+from zbatch.errors import TransportError
+from zbatch.transport.base import (
+    ORIGIN_HEADER,
+    REASON_HEADER,
+    Delivery,
+    Outgoing,
+    Settlement,
+    Transport,
+    after_commit,
+)
+from zbatch.transport.stomp_settings import StompSettings
+
+__all__ = ["DEAD_LETTERED_AT_HEADER", "StompDelivery", "StompTransport"]
+
+log = logging.getLogger(__name__)
+
+DEAD_LETTERED_AT_HEADER = "x-zbatch-dead-lettered-at"
+REQUEUES_HEADER = "x-zbatch-requeues"  # how often zbatch put the message back (nack)
+MAX_REASON_CHARS = 2000
+# Headers the broker sets on a delivered frame: never copied onto a message zbatch sends.
+FRAME_HEADERS = frozenset(
+    {
+        "destination",
+        "message-id",
+        "subscription",
+        "ack",
+        "content-length",
+        "content-type",
+        "expires",
+        "priority",
+        "timestamp",
+        "persistent",
+        "redelivered",
+        "receipt",
+        "transaction",
+        "AMQ_SCHEDULED_DELAY",
+    }
+)
+# A name ActiveMQ would read as several destinations (","), a wildcard ("*", ">") or a
+# path ("/"), or with characters no queue name needs: never sent to.
+SAFE_NAME = re.compile(r"[^\s,*>/\\]{1,255}")
+# ActiveMQ's own reason on a message it dead-lettered (redeliveries exhausted).
+BROKER_DLQ_REASON = "dlqDeliveryFailureCause"
+
+
+@dataclass
+class StompDelivery(Delivery):
+    """A delivery plus what STOMP needs to ack it: the `ack` id, its subscription and the
+    connection it came on (an ack on a later connection would refer to nothing)."""
+
+    ack_id: str = ""
+    subscription: str = ""
+    generation: int = 0
+    destination: str = ""
+
+
+@dataclass
+class _Subscription:
+    id: str
+    destination: str
+    generation: int
+    frames: queue_module.SimpleQueue[Any] = field(default_factory=queue_module.SimpleQueue)
+    held: set[int] = field(default_factory=set)
+
+
+class _Listener(stomp.ConnectionListener):  # type: ignore[misc]  # untyped library
+    """Runs on stomp.py's receiver thread: hands frames over, nothing more."""
+
+    def __init__(self, owner: StompTransport, generation: int) -> None:
+        self.owner = owner
+        self.generation = generation
+
+    def on_message(self, frame: Any) -> None:
+        self.owner._on_message(self.generation, frame)
+
+    def on_receipt(self, frame: Any) -> None:
+        self.owner._on_receipt(frame.headers.get("receipt-id", ""), None)
+
+    def on_error(self, frame: Any) -> None:
+        self.owner._on_error(self.generation, frame)
+
+    def on_disconnected(self) -> None:
+        self.owner._on_disconnected(self.generation)
+
+
+class StompTransport(Transport):
+    """One STOMP connection; one subscription per queue received from (kept until
+    `disconnect()`), each holding up to `settings.prefetch` unacked messages."""
+
+    def __init__(self, settings: StompSettings | None = None) -> None:
+        self.settings = settings or StompSettings()
+        self._conn: Any = None
+        self._generation = 0
+        self._lost = threading.Event()
+        self._subs: dict[str, _Subscription] = {}
+        self._by_id: dict[str, _Subscription] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._receipts: dict[str, threading.Event] = {}
+        self._receipt_errors: dict[str, str] = {}
+        self._errors: list[str] = []
+        self._ever_connected = False
+
+    @classmethod
+    def from_conf(cls, path: str | None) -> StompTransport:
+        """`--stomp-conf FILE` (zocalo `[stomp]` INI); without one, the environment."""
+        settings = StompSettings.from_ini(path) if path else StompSettings.from_env()
+        return cls(settings)
+
+    def __repr__(self) -> str:
+        return f"StompTransport({self.settings})"
+
+    def __enter__(self) -> StompTransport:
+        self.connect()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.disconnect()
+
+    # -- names --------------------------------------------------------------------------------
+
+    def queue_destination(self, queue: str) -> str:
+        """zbatch's queue name as ActiveMQ's destination (`dlq.q` is `DLQ.<prefix>.q`)."""
+        ns = self.settings.namespace
+        if queue.startswith("dlq."):
+            return f"/queue/DLQ.{ns}{queue[4:]}"
+        return f"/queue/{ns}{queue}"
+
+    def topic_destination(self, topic: str) -> str:
+        return f"/topic/{self.settings.namespace}{topic}"
+
+    # -- connection ---------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._lost.is_set() and self._conn.is_connected()
+
+    def connect(self) -> None:
+        if not self.connected:
+            self._drop()
+            self._open()
+
+    def disconnect(self) -> None:
+        """Close; the broker puts whatever is still unacked back on its queue."""
+        self._drop()
+
+    # -- publishing ---------------------------------------------------------------------------
+
+    def publish(
+        self,
+        queue: str,
+        body: bytes,
+        headers: dict[str, Any],
+        *,
+        exchange: str = "",
+        delay: float | None = None,
+    ) -> None:
+        outgoing = Outgoing(queue, body, headers, exchange, delay)
+        why = unroutable(outgoing)
+        if why is not None:
+            raise TransportError(f"cannot send to {outgoing.destination}: {why}", transient=False)
+        destination, frame_headers = self._frame(outgoing)
+        what = f"send to {destination}"
+        with self._guard(what):
+            self._with_receipt(
+                what,
+                lambda receipt: self._conn.send(
+                    destination, body, headers={**frame_headers, "receipt": receipt}
+                ),
+            )
+
+    def broadcast(
+        self, exchange: str, body: bytes, headers: dict[str, Any], expiration_s: float | None = None
+    ) -> None:
+        """To `/topic/<prefix>.<exchange>`, no receipt: nobody listening loses it, as intended."""
+        frame_headers = _text_headers(headers)
+        if expiration_s is not None:
+            frame_headers["expires"] = str(int((time.time() + expiration_s) * 1000))
+        destination = self.topic_destination(exchange)
+        with self._guard(f"broadcast to {destination}"):
+            self._conn.send(destination, body, headers=frame_headers)
+
+    # -- consuming ----------------------------------------------------------------------------
+
+    def set_prefetch(self, count: int) -> None:
+        """Raise the prefetch for subscriptions opened from now on (never lowers it)."""
+        if count > self.settings.prefetch:
+            self.settings = replace(self.settings, prefetch=count)
+
+    def keep_alive(self) -> None:
+        # stomp.py's own thread answers heart-beats; surface a lost connection here.
+        if self._conn is not None and not self.connected:
+            log.warning("lost ActiveMQ at %s; reconnecting on the next call", self.where)
+
+    def receive(self, queue: str, timeout: float) -> StompDelivery | None:
+        deadline = time.monotonic() + max(timeout, 0.0)
+        with self._guard(f"receive from {queue!r}"):
+            sub = self._subscription(queue)
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                frame = sub.frames.get(timeout=max(min(remaining, 0.5), 0.0))
+            except queue_module.Empty:
+                if self._lost.is_set() or sub.generation != self._generation:
+                    with self._guard(f"receive from {queue!r}"):
+                        sub = self._subscription(queue)  # reconnects, subscribes again
+                if remaining <= 0:
+                    return None
+                continue
+            if frame is None:  # the connection was dropped: subscribe again on the next turn
+                continue
+            delivery = self._delivery(sub, queue, frame)
+            sub.held.add(delivery.tag)
+            return delivery
+
+    def get(self, queue: str, wait_s: float = 1.0) -> StompDelivery | None:
+        """One message, if one arrives within `wait_s` (STOMP has no basic.get); ack, nack or
+        dead-letter it as usual."""
+        return self.receive(queue, wait_s)
+
+    def ack(self, delivery: Delivery) -> None:
+        self._transaction(delivery, [], f"ack of message {delivery.tag} from {delivery.queue!r}")
+
+    def nack(self, delivery: Delivery, requeue: bool = True) -> None:
+        if not requeue:
+            self.dead_letter(delivery, "rejected without requeue")
+            return
+        # A copy to the back of the queue and the ack, in one transaction (see the module).
+        sd = self._owned(delivery)
+        headers = _kept_headers(delivery.headers)
+        headers[REQUEUES_HEADER] = str(_int(headers.get(REQUEUES_HEADER)) + 1)
+        copy = (sd.destination, delivery.body, headers)
+        what = f"requeueing message {delivery.tag} from {delivery.queue!r}"
+        self._transaction(delivery, [copy], what)
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Copy to `DLQ.<prefix>.<queue>` and ack in one transaction: one copy, nothing lost."""
+        self._owned(delivery)
+        copy = self._dead_copy(delivery.queue, delivery.body, delivery.headers, reason, None)
+        what = f"dead-lettering message {delivery.tag} from {delivery.queue!r}"
+        self._transaction(delivery, [copy], what)
+
+    def settle(
+        self,
+        delivery: Delivery,
+        sends: list[Outgoing],
+        then: Callable[[Settlement], None] | None = None,
+    ) -> Settlement:
+        """Send `sends` and ack `delivery` in one transaction; a send to a name ActiveMQ
+        cannot take as one queue goes to the DLQ in the same transaction instead."""
+        self._owned(delivery)
+        settlement = Settlement()
+        frames: list[tuple[str, bytes, dict[str, str]]] = []
+        for outgoing in sends:
+            why = unroutable(outgoing)
+            if why is None:
+                settlement.sent.append(outgoing)
+                destination, headers = self._frame(outgoing)
+                frames.append((destination, outgoing.body, headers))
+                continue
+            reason = f"{outgoing.what} undeliverable: {why}"
+            settlement.undeliverable.append((outgoing, reason))
+            origin = outgoing.exchange if outgoing.broadcast else outgoing.queue
+            frames.append(
+                self._dead_copy(delivery.queue, outgoing.body, outgoing.headers, reason, origin)
+            )
+        what = f"settling message {delivery.tag} from {delivery.queue!r}"
+        self._transaction(delivery, frames, what)
+        after_commit(then, settlement, delivery)
+        return settlement
+
+    # -- administration (tests, zbatch dlq) ---------------------------------------------------
+
+    def browse(self, queue: str, limit: int | None = None) -> list[StompDelivery]:
+        """The messages waiting in `queue`, oldest first, left where they are (a browser
+        subscription, which ActiveMQ ends with a `browser: end` frame)."""
+        destination = self.queue_destination(queue)
+        found: list[StompDelivery] = []
+        with self._guard(f"browse {destination}"):
+            sub_id = f"zbatch-browse-{next(self._ids)}"
+            sub = _Subscription(sub_id, destination, self._generation)
+            self._by_id[sub_id] = sub
+            try:
+                self._conn.subscribe(destination, sub_id, ack="auto", headers={"browser": "true"})
+                while limit is None or len(found) < limit:
+                    try:
+                        frame = sub.frames.get(timeout=self.settings.receipt_timeout_s)
+                    except queue_module.Empty:
+                        raise TransportError(
+                            f"browsing {destination}: the broker sent no end of the listing",
+                            transient=True,
+                        ) from None
+                    if frame is None or frame.headers.get("browser") == "end":
+                        break
+                    found.append(self._delivery(sub, queue, frame))
+            finally:
+                self._by_id.pop(sub_id, None)
+                if self.connected:
+                    with suppress(stomp.exception.StompException, OSError):
+                        self._conn.unsubscribe(sub_id)
+        return found
+
+    def queue_depth(self, queue: str) -> int:
+        """Messages waiting in `queue` (a browse: not those delivered and unacked)."""
+        return len(self.browse(queue))
+
+    depth = queue_depth  # the embedded transport's name for it
+
+    def purge(self, queue: str) -> int:
+        """Consume and drop what waits in `queue` now (tests and admin only)."""
+        count = 0
+        while (delivery := self.receive(queue, 0.5)) is not None:
+            self.ack(delivery)
+            count += 1
+        return count
+
+    # -- internals ----------------------------------------------------------------------------
+
+    @property
+    def where(self) -> str:
+        return f"{self.settings.host}:{self.settings.port}"
+
+    def _frame(self, outgoing: Outgoing) -> tuple[str, dict[str, str]]:
+        """Where and with which headers `outgoing` is sent, as workflows sends it."""
+        headers = _text_headers(outgoing.headers)
+        if outgoing.broadcast:
+            return self.topic_destination(outgoing.exchange), headers
+        headers["persistent"] = "true"
+        if outgoing.delay:
+            headers["AMQ_SCHEDULED_DELAY"] = str(int(1000 * outgoing.delay))
+        return self.queue_destination(outgoing.queue), headers
+
+    def _dead_copy(
+        self,
+        queue: str,
+        body: bytes,
+        headers: dict[str, Any],
+        reason: str,
+        origin: str | None,
+    ) -> tuple[str, bytes, dict[str, str]]:
+        """The copy for `dlq.<queue>`: why, where it was meant to go, when."""
+        kept = _kept_headers(headers)
+        kept[REASON_HEADER] = _one_line(reason)[:MAX_REASON_CHARS]
+        kept[ORIGIN_HEADER] = origin or kept.get(ORIGIN_HEADER) or queue
+        kept[DEAD_LETTERED_AT_HEADER] = datetime.now(UTC).isoformat(timespec="seconds")
+        kept["persistent"] = "true"
+        return self.queue_destination(f"dlq.{queue}"), body, kept
+
+    def _owned(self, delivery: Delivery) -> StompDelivery:
+        sub = self._by_id.get(getattr(delivery, "subscription", ""))
+        if (
+            not isinstance(delivery, StompDelivery)
+            or sub is None
+            or delivery.generation != self._generation
+            or not self.connected
+            or delivery.tag not in sub.held
+        ):
+            raise TransportError(
+                f"message {delivery.tag} from {delivery.queue!r} was delivered on a connection "
+                "that has since closed (or was settled already); the broker delivers it again, "
+                "so it cannot be acked, nacked or dead-lettered now",
+                transient=False,
+            )
+        return delivery
+
+    def _transaction(
+        self, delivery: Delivery, frames: list[tuple[str, bytes, dict[str, str]]], what: str
+    ) -> None:
+        """Send `frames` and ack `delivery` as one committed transaction (receipt awaited).
+
+        On TransportError the delivery is no longer held: either the connection is gone
+        (the broker delivers it again), or the commit's answer was lost, which leaves it
+        done or not done as a whole."""
+        sd = self._owned(delivery)
+        sub = self._by_id[sd.subscription]
+        tx = f"zbatch-tx-{next(self._ids)}"
+        with self._guard(what):
+            try:
+                self._conn.begin(tx)
+                for destination, body, headers in frames:
+                    self._conn.send(destination, body, headers={**headers, "transaction": tx})
+                self._conn.ack(sd.ack_id, transaction=tx)
+            except BaseException:
+                sub.held.discard(sd.tag)
+                self._drop()  # an unfinished transaction dies with its connection
+                raise
+            sub.held.discard(sd.tag)
+            self._with_receipt(
+                what, lambda receipt: self._conn.commit(tx, headers={"receipt": receipt})
+            )
+
+    def _with_receipt(self, what: str, send: Callable[[str], None]) -> None:
+        """Send one frame with a receipt and wait for it; an ERROR answering it, a lost
+        connection or no answer in time is a TransportError (the last two drop the
+        connection, so nothing half-known stays on it)."""
+        receipt = f"zbatch-{next(self._ids)}"
+        event = threading.Event()
+        with self._lock:
+            self._receipts[receipt] = event
+        try:
+            send(receipt)
+            if not event.wait(self.settings.receipt_timeout_s):
+                self._drop()
+                raise TransportError(
+                    f"{what}: no receipt from ActiveMQ at {self.where} within "
+                    f"{self.settings.receipt_timeout_s:g}s",
+                    transient=True,
+                )
+        finally:
+            with self._lock:
+                self._receipts.pop(receipt, None)
+                error = self._receipt_errors.pop(receipt, None)
+        if error is not None:
+            lost = self._lost.is_set()
+            if lost:
+                self._drop()
+            raise TransportError(f"{what} on {self.where}: {error}", transient=lost)
+
+    def _subscription(self, queue: str) -> _Subscription:
+        sub = self._subs.get(queue)
+        if sub is not None and sub.generation == self._generation:
+            return sub
+        sub_id = f"zbatch-{next(self._ids)}"
+        destination = self.queue_destination(queue)
+        sub = _Subscription(sub_id, destination, self._generation)
+        self._subs[queue] = sub
+        self._by_id[sub_id] = sub
+        headers = {"activemq.prefetchSize": str(self.settings.prefetch)}
+        self._conn.subscribe(destination, sub_id, ack="client-individual", headers=headers)
+        return sub
+
+    def _delivery(self, sub: _Subscription, queue: str, frame: Any) -> StompDelivery:
+        headers = dict(frame.headers)
+        body = frame.body if isinstance(frame.body, bytes) else str(frame.body).encode()
+        redelivered = headers.get("redelivered") == "true"
+        requeues = _int(headers.get(REQUEUES_HEADER))
+        return StompDelivery(
+            tag=next(self._ids),
+            queue=queue,
+            body=body,
+            headers={k: v for k, v in headers.items() if k not in FRAME_HEADERS},
+            redelivered=redelivered or requeues > 0,
+            delivery_count=1 + requeues + (1 if redelivered else 0),
+            ack_id=headers.get("ack") or headers.get("message-id", ""),
+            subscription=sub.id,
+            generation=sub.generation,
+            destination=sub.destination,
+        )
+
+    @contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        """Connect if needed; turn stomp.py's errors into TransportError."""
+        self._ensure_connected()
+        try:
+            yield
+        except (stomp.exception.StompException, OSError) as exc:
+            self._drop()
+            detail = _describe(exc)
+            raise TransportError(f"{what} on {self.where}: {detail}", transient=True) from None
+
+    def _ensure_connected(self) -> None:
+        if self.connected:
+            return
+        if self._conn is not None:
+            log.warning("lost ActiveMQ at %s: %s", self.where, self._last_error() or "closed")
+        self._drop()
+        if not self._ever_connected:
+            self._open()
+            return
+        retrying = Retrying(
+            stop=stop_after_delay(self.settings.reconnect_s),
+            wait=wait_exponential(multiplier=0.5, max=5),
+            retry=retry_if_exception(lambda e: isinstance(e, TransportError) and e.transient),
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        retrying(self._open)
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        log.warning(
+            "reconnecting to ActiveMQ (attempt %d): %s",
+            state.attempt_number,
+            state.outcome.exception() if state.outcome else "",
+        )
+
+    def _open(self) -> None:
+        s = self.settings
+        self._generation += 1
+        generation = self._generation
+        self._lost.clear()
+        with self._lock:
+            self._errors.clear()
+        conn = stomp.Connection12(
+            [(s.host, s.port)],
+            heartbeats=(s.heartbeat_ms, s.heartbeat_ms),
+            reconnect_attempts_max=1,
+            auto_decode=False,
+            timeout=s.receipt_timeout_s,
+        )
+        conn.set_listener("zbatch", _Listener(self, generation))
+        try:
+            conn.connect(s.username or None, s.password or None, wait=False)
+            deadline = time.monotonic() + s.receipt_timeout_s
+            while not conn.is_connected() and not self._lost.is_set():
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.01)
+        except (stomp.exception.StompException, OSError) as exc:
+            self._lost.set()
+            with suppress(Exception):
+                conn.disconnect()
+            raise TransportError(
+                f"cannot connect to ActiveMQ at {self.where}: {_describe(exc)}", transient=True
+            ) from None
+        if not conn.is_connected() or self._lost.is_set():
+            error = self._last_error()
+            with suppress(Exception):
+                conn.disconnect()
+            # ActiveMQ refuses a login with a SecurityException: no use trying again.
+            refused = error is not None and any(w in error for w in ("ecurity", "assword"))
+            raise TransportError(
+                f"cannot connect to ActiveMQ at {self.where}: "
+                f"{s.redact(error) if error else 'no CONNECTED answer'}",
+                transient=not refused,
+            )
+        self._conn = conn
+        self._ever_connected = True
+        log.info("connected to ActiveMQ at %s", s)
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        self._lost.set()
+        for sub in self._by_id.values():
+            sub.frames.put(None)  # wakes a browse waiting on it
+        self._subs.clear()
+        self._by_id.clear()
+        with self._lock:
+            for receipt, event in self._receipts.items():
+                self._receipt_errors.setdefault(receipt, "the connection closed")
+                event.set()
+        if conn is not None:
+            with suppress(Exception):
+                conn.disconnect()
+
+    def _last_error(self) -> str | None:
+        with self._lock:
+            return self._errors[-1] if self._errors else None
+
+    # -- called on stomp.py's receiver thread ----------------------------------------------
+
+    def _on_message(self, generation: int, frame: Any) -> None:
+        if generation != self._generation:
+            return  # the broker redelivers what an old connection held
+        sub = self._by_id.get(frame.headers.get("subscription", ""))
+        if sub is not None:
+            sub.frames.put(frame)
+
+    def _on_receipt(self, receipt: str, error: str | None) -> None:
+        with self._lock:
+            event = self._receipts.get(receipt)
+            if event is None:
+                return
+            if error is not None:
+                self._receipt_errors[receipt] = error
+            event.set()
+
+    def _on_error(self, generation: int, frame: Any) -> None:
+        message = frame.headers.get("message", "")
+        body = frame.body.decode("utf-8", "replace") if isinstance(frame.body, bytes) else ""
+        text = _one_line(f"{message}: {body.splitlines()[0] if body else ''}".rstrip(": "))
+        text = self.settings.redact(text)[:500]
+        receipt = frame.headers.get("receipt-id")
+        with self._lock:
+            self._errors.append(text)
+            del self._errors[:-10]
+        log.debug("ActiveMQ error frame (connection %d): %s", generation, text)
+        if receipt:
+            self._on_receipt(receipt, text)
+
+    def _on_disconnected(self, generation: int) -> None:
+        if generation != self._generation:
+            return
+        self._lost.set()
+        with self._lock:
+            for receipt, event in self._receipts.items():
+                self._receipt_errors.setdefault(receipt, "the connection closed")
+                event.set()
+
+
+def unroutable(outgoing: Outgoing) -> str | None:
+    """Why ActiveMQ cannot take `outgoing`'s destination as one plain name, or None."""
+    name = outgoing.exchange if outgoing.broadcast else outgoing.queue
+    if outgoing.exchange and not outgoing.broadcast:
+        return f"exchange {outgoing.exchange!r}: ActiveMQ has no exchanges (STOMP transport)"
+    if not SAFE_NAME.fullmatch(name):
+        return (
+            f"name {name[:60]!r} holds a character ActiveMQ reads as a composite, wildcard or "
+            "path (',', '*', '>', '/', '\\' or white space), or is empty"
+        )
+    return None
+
+
+def _text_headers(headers: dict[str, Any]) -> dict[str, str]:
+    """STOMP header values are text: True as workflows sends it ("True"), others by str()."""
+    return {str(k): str(v) for k, v in headers.items()}
+
+
+def _kept_headers(headers: dict[str, Any]) -> dict[str, str]:
+    return {k: v for k, v in _text_headers(headers).items() if k not in FRAME_HEADERS}
+
+
+def _int(value: object) -> int:
+    try:
+        return max(int(str(value)), 0) if value is not None else 0
+    except ValueError:
+        return 0
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, stomp.exception.ConnectFailedException):
+        return "connection refused, or closed before ActiveMQ answered"
+    detail = str(exc) or ", ".join(repr(a) for a in exc.args) or "no detail"
+    return f"{type(exc).__name__}: {detail}"
