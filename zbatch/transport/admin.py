@@ -14,20 +14,30 @@ from __future__ import annotations
 import logging
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import pika.exceptions as pe
 
 from zbatch.errors import TransportError
 from zbatch.transport.base import ORIGIN_HEADER, REASON_HEADER, STATUS_EXCHANGE, Delivery
 from zbatch.transport.pika import DEAD_LETTERED_AT_HEADER, DELAYED_EXCHANGE, PikaTransport
+from zbatch.transport.stomp import BROKER_DLQ_REASON, REQUEUES_HEADER
 
 log = logging.getLogger(__name__)
 
 DELIVERY_LIMIT = 5
 REINJECTED_HEADER = "dlq-reinjected"  # zocalo.dlq_reinject's marker
 # Bookkeeping that describes a past death; a replayed message starts clean without it.
-DEATH_HEADERS = {REASON_HEADER, ORIGIN_HEADER, DEAD_LETTERED_AT_HEADER, "x-delivery-count"}
+# (ActiveMQ: `dlqDeliveryFailureCause` on what it dead-lettered itself; zbatch's STOMP
+# transport counts its own requeues in `x-zbatch-requeues`.)
+DEATH_HEADERS = {
+    REASON_HEADER,
+    ORIGIN_HEADER,
+    DEAD_LETTERED_AT_HEADER,
+    "x-delivery-count",
+    BROKER_DLQ_REASON,
+    REQUEUES_HEADER,
+}
 DEATH_PREFIXES = ("x-death", "x-first-death-", "x-last-death-")
 
 
@@ -165,6 +175,13 @@ class DlqTransport(Protocol):
     def nack(self, delivery: Delivery, requeue: bool = True) -> None: ...
 
 
+@runtime_checkable
+class Browses(Protocol):
+    """A broker that can list a queue's messages without taking them (ActiveMQ)."""
+
+    def browse(self, queue: str, limit: int | None = None) -> list[Any]: ...
+
+
 @dataclass(frozen=True)
 class DeadLetter:
     dlq: str
@@ -199,8 +216,11 @@ def dlq_list(transport: DlqTransport, queues: list[str]) -> dict[str, int]:
 
 
 def dlq_show(transport: DlqTransport, queue: str, limit: int = 20) -> list[DeadLetter]:
-    """Peek at up to `limit` dead letters: each is fetched, then requeued in place."""
+    """Peek at up to `limit` dead letters: browsed where the broker can, else each is
+    fetched, then requeued in place."""
     dlq = dlq_name(queue)
+    if isinstance(transport, Browses):
+        return [_view(dlq, d) for d in transport.browse(dlq, limit)]
     held: list[Delivery] = []
     try:
         while len(held) < limit and (delivery := transport.get(dlq)) is not None:
@@ -243,8 +263,11 @@ def _is_death_header(key: str) -> bool:
 def _view(dlq: str, delivery: Delivery) -> DeadLetter:
     reason = delivery.headers.get(REASON_HEADER)
     if reason is None:
-        # Dead-lettered by the broker (delivery limit, rejection): x-death says why.
-        reason = delivery.headers.get("x-first-death-reason")
+        # Dead-lettered by the broker (delivery limit, rejection): x-death says why on
+        # RabbitMQ, dlqDeliveryFailureCause on ActiveMQ.
+        reason = delivery.headers.get(
+            "x-first-death-reason", delivery.headers.get(BROKER_DLQ_REASON)
+        )
     when = delivery.headers.get(DEAD_LETTERED_AT_HEADER)
     return DeadLetter(
         dlq=dlq,

@@ -60,7 +60,13 @@ from zbatch.transport.base import (
 )
 from zbatch.transport.stomp_settings import StompSettings
 
-__all__ = ["DEAD_LETTERED_AT_HEADER", "StompDelivery", "StompTransport"]
+__all__ = [
+    "BROKER_DLQ_REASON",
+    "DEAD_LETTERED_AT_HEADER",
+    "REQUEUES_HEADER",
+    "StompDelivery",
+    "StompTransport",
+]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +97,8 @@ FRAME_HEADERS = frozenset(
 SAFE_NAME = re.compile(r"[^\s,*>/\\]{1,255}")
 # ActiveMQ's own reason on a message it dead-lettered (redeliveries exhausted).
 BROKER_DLQ_REASON = "dlqDeliveryFailureCause"
+# Where a message ActiveMQ dead-lettered was (a destination, "/queue/zocalo.q").
+BROKER_ORIGIN = "original-destination"
 
 
 @dataclass
@@ -175,6 +183,15 @@ class StompTransport(Transport):
         if queue.startswith("dlq."):
             return f"/queue/DLQ.{ns}{queue[4:]}"
         return f"/queue/{ns}{queue}"
+
+    def logical_queue(self, destination: str) -> str:
+        """ActiveMQ's destination as zbatch's queue name (the inverse of queue_destination)."""
+        name = destination.removeprefix("/queue/").removeprefix("queue://")
+        dead = name.startswith("DLQ.")
+        name = name.removeprefix("DLQ.")
+        ns = self.settings.namespace
+        name = name[len(ns) :] if ns and name.startswith(ns) else name
+        return f"dlq.{name}" if dead else name
 
     def topic_destination(self, topic: str) -> str:
         return f"/topic/{self.settings.namespace}{topic}"
@@ -351,7 +368,7 @@ class StompTransport(Transport):
         return found
 
     def queue_depth(self, queue: str) -> int:
-        """Messages waiting in `queue` (a browse: not those delivered and unacked)."""
+        """Messages in `queue`, those delivered and not yet acked included (a browse)."""
         return len(self.browse(queue))
 
     depth = queue_depth  # the embedded transport's name for it
@@ -391,7 +408,10 @@ class StompTransport(Transport):
         """The copy for `dlq.<queue>`: why, where it was meant to go, when."""
         kept = _kept_headers(headers)
         kept[REASON_HEADER] = _one_line(reason)[:MAX_REASON_CHARS]
-        kept[ORIGIN_HEADER] = origin or kept.get(ORIGIN_HEADER) or queue
+        if origin is not None:  # where a send was meant to go (even a bad name)
+            kept[ORIGIN_HEADER] = origin
+        else:
+            kept.setdefault(ORIGIN_HEADER, queue)
         kept[DEAD_LETTERED_AT_HEADER] = datetime.now(UTC).isoformat(timespec="seconds")
         kept["persistent"] = "true"
         return self.queue_destination(f"dlq.{queue}"), body, kept
@@ -484,11 +504,16 @@ class StompTransport(Transport):
         body = frame.body if isinstance(frame.body, bytes) else str(frame.body).encode()
         redelivered = headers.get("redelivered") == "true"
         requeues = _int(headers.get(REQUEUES_HEADER))
+        kept = {k: v for k, v in headers.items() if k not in FRAME_HEADERS}
+        # What ActiveMQ dead-lettered itself names where it was: as zbatch's origin header.
+        original = kept.pop(BROKER_ORIGIN, None)
+        if original and ORIGIN_HEADER not in kept:
+            kept[ORIGIN_HEADER] = self.logical_queue(original)
         return StompDelivery(
             tag=next(self._ids),
             queue=queue,
             body=body,
-            headers={k: v for k, v in headers.items() if k not in FRAME_HEADERS},
+            headers=kept,
             redelivered=redelivered or requeues > 0,
             delivery_count=1 + requeues + (1 if redelivered else 0),
             ack_id=headers.get("ack") or headers.get("message-id", ""),
