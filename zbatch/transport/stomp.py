@@ -92,6 +92,10 @@ FRAME_HEADERS = frozenset(
         "AMQ_SCHEDULED_DELAY",
     }
 )
+# Header names ActiveMQ owns (scheduling, JMS properties it sets): never copied onto a copy.
+BROKER_PREFIXES = ("AMQ_", "JMS", "activemq.")
+# A header name that cannot break a frame: no control character, ':' or backslash.
+SAFE_HEADER_NAME = re.compile(r"[^\x00-\x1f\x7f:\\]{1,256}")
 # A name ActiveMQ would read as several destinations (","), a wildcard ("*", ">") or a
 # path ("/"), or with characters no queue name needs: never sent to.
 SAFE_NAME = re.compile(r"[^\s,*>/\\]{1,255}")
@@ -676,12 +680,29 @@ def unroutable(outgoing: Outgoing) -> str | None:
 
 
 def _text_headers(headers: dict[str, Any]) -> dict[str, str]:
-    """STOMP header values are text: True as workflows sends it ("True"), others by str()."""
-    return {str(k): str(v) for k, v in headers.items()}
+    """STOMP header values are text: True as workflows sends it ("True"), others by str().
+
+    stomp.py escapes values but not names: a name that could end a header line or hold a
+    ':' (from another producer's message, copied to a DLQ) is dropped, never sent."""
+    out = {}
+    for key, value in headers.items():
+        name = str(key)
+        if SAFE_HEADER_NAME.fullmatch(name):
+            out[name] = str(value).replace("\x00", "")
+        else:
+            log.debug("header %.60r dropped: no STOMP header name", name)
+    return out
 
 
 def _kept_headers(headers: dict[str, Any]) -> dict[str, str]:
-    return {k: v for k, v in _text_headers(headers).items() if k not in FRAME_HEADERS}
+    """The headers of a received message that a copy of it (requeued, dead-lettered,
+    replayed) carries: not the broker's own, nor its scheduling orders (a copied
+    AMQ_SCHEDULED_REPEAT would make the broker send the copy again and again)."""
+    return {
+        k: v
+        for k, v in _text_headers(headers).items()
+        if k not in FRAME_HEADERS and not k.startswith(BROKER_PREFIXES)
+    }
 
 
 def _int(value: object) -> int:
