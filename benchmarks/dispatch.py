@@ -3,10 +3,10 @@
     python benchmarks/dispatch.py [--steps N] [--workers W] [--rounds R]
 
 Runs, in one go against the local Slurm: a raw `sbatch --parsable` loop (the limit), the
-dispatcher consuming N steps from RabbitMQ, and the dispatcher consuming the same N steps from
-the embedded SQLite queue. Prints a markdown table with steps/s, the ratio to the raw loop and
+dispatcher consuming N steps from RabbitMQ, from ActiveMQ over STOMP, and from the embedded
+SQLite queue. Prints a markdown table with steps/s, the ratio to the raw loop and
 the dispatcher's peak RSS; each dispatcher run is paired with a raw loop run right before it,
-R times, and the median pair is shown. Needs `scripts/services/up slurm rabbitmq`.
+R times, and the median pair is shown. Needs `scripts/services/up slurm rabbitmq activemq`.
 """
 
 from __future__ import annotations
@@ -31,6 +31,9 @@ from zbatch.transport.admin import setup_broker
 from zbatch.transport.base import Transport
 from zbatch.transport.embedded import EmbeddedTransport
 from zbatch.transport.pika import PikaTransport
+from zbatch.transport.stomp import StompTransport
+
+STOMP_INI = "/var/lib/zbatch-services/stomp.ini"  # written by scripts/services/up activemq
 
 
 def publish(transport: Transport, queue: str, count: int, workdir: Path) -> None:
@@ -139,6 +142,18 @@ def main() -> None:
         note = f"peak RSS {rss:.0f} MiB; {steady_rate(state):.0f} jobs/s after start-up"
         return Row(name, count, seconds, note)
 
+    def through_activemq() -> Row:
+        run = next(runs)
+        queue = f"zbatch-bench.{uuid.uuid4().hex[:8]}"
+        with StompTransport.from_conf(STOMP_INI) as activemq:
+            publish(activemq, queue, count, tmp / f"stomp-{run}")
+        state = tmp / f"state-stomp-{run}"
+        stomp = ["--transport", "stomp", "--stomp-conf", STOMP_INI, "--queue", queue]
+        seconds, rss = run_dispatcher([*profile, *stomp, *workers], count, state)
+        name = "zbatch dispatcher (ActiveMQ STOMP -> Slurm)"
+        note = f"peak RSS {rss:.0f} MiB; {steady_rate(state):.0f} jobs/s after start-up"
+        return Row(name, count, seconds, note)
+
     def through_embedded() -> Row:
         run = next(runs)
         db = tmp / f"queue-{run}.sqlite"
@@ -157,7 +172,7 @@ def main() -> None:
         drain()
         rows = [raw()]
         drain()
-        for method in (through_rabbitmq, through_embedded):
+        for method in (through_rabbitmq, through_activemq, through_embedded):
             rows.append(paired(raw, method, drain, options.rounds))
         print("### Dispatcher: queued steps accepted by Slurm\n\n" + table(rows, rows[0]))
         print(

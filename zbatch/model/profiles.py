@@ -169,8 +169,9 @@ class Profile(_Strict):
     unknown_cluster_keys: Literal["refuse", "warn"] = "refuse"
     # The wrappers a step may name; None: every installed one.
     wrappers: list[Name] | None = None
-    # A `[rabbit]` INI on the host where jobs run, given to `zbatch wrap --rabbit-conf`: jobs
-    # reach the broker through this reference, never through the dispatcher's credentials.
+    # A `[rabbit]` (or `[stomp]`) INI on the host where jobs run, given to `zbatch wrap
+    # --rabbit-conf` (`--stomp-conf`): jobs reach the broker through this reference, never
+    # through the dispatcher's credentials.
     job_broker_config: str | None = None
     queue_mapping: dict[str, Name] = {}
     zbatch_command: list[str] | None = None
