@@ -401,6 +401,8 @@ def test_scheduler_commands_get_the_allow_list_only() -> None:
         "ZBATCH_RABBIT_URL": "amqp://u:secret@h/",
         "ZBATCH_RABBIT_CONF": "/etc/zbatch/rabbit.ini",
         "ZBATCH_RABBIT_PASSWORD_FILE": "/etc/zbatch/secret",
+        "ZBATCH_STOMP_URL": "stomp://u:secret@h:61613",
+        "ZBATCH_STOMP_CONF": "/etc/zbatch/stomp.ini",
         "AWS_SECRET_ACCESS_KEY": "x",
         "SQUEUE_FORMAT": "%i",  # would change what zbatch parses
         "SBATCH_EXPORT": "ALL",
@@ -427,6 +429,14 @@ def test_the_profile_names_the_jobs_broker_settings() -> None:
     assert job_transport_args(given, None) == given
     embedded = ["--transport", "embedded", "--embedded-db", "/q.sqlite"]
     assert job_transport_args(embedded, "/cluster/rabbit.ini") == embedded
+    stomp = ["--transport", "stomp", "--stomp-conf", "/etc/dispatcher-stomp.ini"]
+    assert job_transport_args(stomp, "/cluster/stomp.ini") == [
+        "--transport",
+        "stomp",
+        "--stomp-conf",
+        "/cluster/stomp.ini",
+    ]
+    assert job_transport_args(stomp, None) == stomp
 
 
 def test_the_dispatchers_own_file_is_passed_as_an_absolute_reference(
@@ -437,6 +447,10 @@ def test_the_dispatchers_own_file_is_passed_as_an_absolute_reference(
     assert args == ["--transport", "pika", "--rabbit-conf", str(tmp_path / "rabbit.ini")]
     monkeypatch.setenv("ZBATCH_RABBIT_CONF", "/etc/zbatch/rabbit.ini")
     assert TransportConfig("pika").job_args()[-2:] == ["--rabbit-conf", "/etc/zbatch/rabbit.ini"]
+    args = TransportConfig("stomp", stomp_conf="stomp.ini").job_args()
+    assert args == ["--transport", "stomp", "--stomp-conf", str(tmp_path / "stomp.ini")]
+    monkeypatch.setenv("ZBATCH_STOMP_CONF", "/etc/zbatch/stomp.ini")
+    assert TransportConfig("stomp").job_args()[-2:] == ["--stomp-conf", "/etc/zbatch/stomp.ini"]
 
 
 def test_a_dispatcher_with_only_a_url_warns_that_jobs_get_no_settings(
@@ -446,6 +460,11 @@ def test_a_dispatcher_with_only_a_url_warns_that_jobs_get_no_settings(
     factory._warn_once.cache_clear()  # warned once per process: make this the first time
     assert job_transport_args(["--transport", "pika"], None) == ["--transport", "pika"]
     assert "set job_broker_config" in caplog.text and "secret" not in caplog.text
+    caplog.clear()
+    monkeypatch.setenv("ZBATCH_STOMP_URL", "stomp://u:secret@h:61613")
+    assert job_transport_args(["--transport", "stomp"], None) == ["--transport", "stomp"]
+    assert "ZBATCH_STOMP_URL" in caplog.text and "--stomp-conf" in caplog.text
+    assert "secret" not in caplog.text
 
 
 SGE_ENV = Path("/var/lib/zbatch-services/sge.env")
