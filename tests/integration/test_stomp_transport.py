@@ -27,7 +27,13 @@ from zbatch.errors import TransportError
 from zbatch.model.message import RECIPE_HEADER, StepMessage, is_recipe_message
 from zbatch.model.recipe import Recipe
 from zbatch.transport.admin import dlq_list, dlq_replay, dlq_show
-from zbatch.transport.base import ORIGIN_HEADER, REASON_HEADER, STATUS_EXCHANGE, Outgoing
+from zbatch.transport.base import (
+    ORIGIN_HEADER,
+    REASON_HEADER,
+    STATUS_EXCHANGE,
+    Outgoing,
+    Settlement,
+)
 from zbatch.transport.stomp import DEAD_LETTERED_AT_HEADER, StompDelivery, StompTransport
 from zbatch.transport.stomp_settings import StompSettings
 
@@ -318,7 +324,7 @@ def test_broadcast_reaches_a_workflows_status_listener(
     assert int(header["expires"]) > time.time() * 1000
 
 
-RECIPE = {
+RECIPE: dict[str, Any] = {
     "1": {"service": "a", "queue": "q1", "output": {"success": 2}},
     "2": {"service": "b", "queue": "q2"},
     "start": [[1, {"dcid": 42}]],
@@ -406,3 +412,41 @@ def test_broker_restart_loses_nothing_and_refuses_stale_deliveries(
         bodies.append(delivery.body)
         transport.ack(delivery)
     assert bodies == [b"before", b"after"]  # persistent: both survived the restart
+
+
+def test_settlements_in_flight_share_one_commit(make_queue: MakeQueue) -> None:
+    """As the dispatcher settles: while other deliveries are in hand, a settlement waits for
+    the commit of the last of them (or the transport's next call), then runs its `then`."""
+    name, onward = make_queue(), make_queue()
+    transport = make_transport(prefetch=3)
+    try:
+        for index in range(3):
+            transport.publish(name, str(index).encode(), {})
+        held = [receive(transport, name) for _ in range(3)]
+        done: list[bytes] = []
+
+        def noting(body: bytes) -> Callable[[Settlement], None]:
+            return lambda _settlement: done.append(body)
+
+        for delivery in held[:2]:
+            transport.settle(
+                delivery, [Outgoing(onward, delivery.body, {})], then=noting(delivery.body)
+            )
+        assert done == [] and transport.queue_depth(onward) == 0  # waiting for the third
+        transport.settle(held[2], [Outgoing(onward, b"2", {})], then=noting(b"2"))
+        assert done == [b"0", b"1", b"2"] and transport.queue_depth(onward) == 3
+        assert transport.queue_depth(name) == 0
+        # One in hand, one settled: the next call commits the settled one.
+        transport.publish(name, b"3", {})
+        transport.publish(name, b"4", {})
+        first, second = receive(transport, name), receive(transport, name)
+        transport.settle(first, [], then=noting(b"3"))
+        assert done[-1] == b"2"
+        assert transport.receive(name, 0) is None  # a call: commits the waiting settlement
+        assert done[-1] == b"3"
+        transport.ack(second)
+        assert transport.queue_depth(name) == 0
+    finally:
+        transport.disconnect()
+    with StompTransport(settings()) as reader:
+        assert sorted(reader.browse(onward), key=lambda d: d.body)[0].body == b"0"

@@ -126,6 +126,16 @@ class _Subscription:
     held: set[int] = field(default_factory=set)
 
 
+@dataclass
+class _Pending:
+    """A delivery to ack with the frames sent on its behalf, in the next commit."""
+
+    delivery: StompDelivery
+    frames: list[tuple[str, bytes, dict[str, str]]]
+    settlement: Settlement | None = None
+    then: Callable[[Settlement], None] | None = None
+
+
 class _Listener(stomp.ConnectionListener):  # type: ignore[misc]  # untyped library
     """Runs on stomp.py's receiver thread: hands frames over, nothing more."""
 
@@ -161,6 +171,7 @@ class StompTransport(Transport):
         self._lock = threading.Lock()
         self._receipts: dict[str, threading.Event] = {}
         self._receipt_errors: dict[str, str] = {}
+        self._staged: list[_Pending] = []
         self._errors: list[str] = []
         self._ever_connected = False
 
@@ -213,7 +224,10 @@ class StompTransport(Transport):
             self._open()
 
     def disconnect(self) -> None:
-        """Close; the broker puts whatever is still unacked back on its queue."""
+        """Commit what was settled, then close; the broker puts whatever is still unacked
+        back on its queue."""
+        if self.connected:
+            self._commit_staged()
         self._drop()
 
     # -- publishing ---------------------------------------------------------------------------
@@ -227,6 +241,7 @@ class StompTransport(Transport):
         exchange: str = "",
         delay: float | None = None,
     ) -> None:
+        self._commit_staged()
         outgoing = Outgoing(queue, body, headers, exchange, delay)
         why = unroutable(outgoing)
         if why is not None:
@@ -261,11 +276,13 @@ class StompTransport(Transport):
 
     def keep_alive(self) -> None:
         # stomp.py's own thread answers heart-beats; surface a lost connection here.
+        self._commit_staged()
         if self._conn is not None and not self.connected:
             log.warning("lost ActiveMQ at %s; reconnecting on the next call", self.where)
 
     def receive(self, queue: str, timeout: float) -> StompDelivery | None:
         deadline = time.monotonic() + max(timeout, 0.0)
+        self._commit_staged()
         with self._guard(f"receive from {queue!r}"):
             sub = self._subscription(queue)
         while True:
@@ -336,10 +353,32 @@ class StompTransport(Transport):
             frames.append(
                 self._dead_copy(delivery.queue, outgoing.body, outgoing.headers, reason, origin)
             )
-        what = f"settling message {delivery.tag} from {delivery.queue!r}"
-        self._transaction(delivery, frames, what)
-        after_commit(then, settlement, delivery)
+        item = _Pending(self._owned(delivery), frames, settlement, then)
+        sub = self._by_id[item.delivery.subscription]
+        if sub.held - {item.delivery.tag}:
+            # Others from this queue are still in hand (submissions in flight): commit with
+            # the last of them, or at this transport's next call, whichever comes first.
+            sub.held.discard(item.delivery.tag)
+            self._staged.append(item)
+            return settlement
+        self._commit([*self._take_staged(), item], f"settling message {delivery.tag}")
         return settlement
+
+    def _take_staged(self) -> list[_Pending]:
+        staged, self._staged = self._staged, []
+        return staged
+
+    def _commit_staged(self) -> None:
+        """Commit the settlements that wait (see `settle`). A failure is only logged: the
+        broker delivers those messages again, and nothing was sent for them."""
+        if not self._staged:
+            return
+        staged = self._take_staged()
+        what = f"committing {len(staged)} settled message(s)"
+        try:
+            self._commit(staged, what)
+        except TransportError as exc:
+            log.warning("%s failed; the broker will deliver them again: %s", what, exc)
 
     # -- administration (tests, zbatch dlq) ---------------------------------------------------
 
@@ -441,28 +480,47 @@ class StompTransport(Transport):
     def _transaction(
         self, delivery: Delivery, frames: list[tuple[str, bytes, dict[str, str]]], what: str
     ) -> None:
-        """Send `frames` and ack `delivery` as one committed transaction (receipt awaited).
+        """Send `frames` and ack `delivery` as one committed transaction, with whatever
+        settlements were waiting (see `settle`)."""
+        item = _Pending(self._owned(delivery), frames)
+        self._commit([*self._take_staged(), item], what)
 
-        On TransportError the delivery is no longer held: either the connection is gone
-        (the broker delivers it again), or the commit's answer was lost, which leaves it
-        done or not done as a whole."""
-        sd = self._owned(delivery)
-        sub = self._by_id[sd.subscription]
+    def _commit(self, items: list[_Pending], what: str) -> None:
+        """Send each item's frames and ack its delivery, all in ONE transaction whose COMMIT
+        is confirmed by a receipt; then run their `then`.
+
+        On TransportError none of them is held any more: either the connection is gone (the
+        broker delivers them again), or the commit's answer was lost, which leaves the
+        transaction done or not done as a whole."""
+        for item in items:
+            sub = self._by_id.get(item.delivery.subscription)
+            if sub is not None:
+                sub.held.discard(item.delivery.tag)
+            if item.delivery.generation != self._generation or not self.connected:
+                self._drop()
+                raise TransportError(
+                    f"{what}: the connection that delivered message {item.delivery.tag} "
+                    "closed; the broker delivers it again",
+                    transient=True,
+                )
         tx = f"zbatch-tx-{next(self._ids)}"
         with self._guard(what):
             try:
                 self._conn.begin(tx)
-                for destination, body, headers in frames:
-                    self._conn.send(destination, body, headers={**headers, "transaction": tx})
-                self._conn.ack(sd.ack_id, transaction=tx)
+                for item in items:
+                    for destination, body, headers in item.frames:
+                        headers = {**headers, "transaction": tx}
+                        self._conn.send(destination, body, headers=headers)
+                    self._conn.ack(item.delivery.ack_id, transaction=tx)
             except BaseException:
-                sub.held.discard(sd.tag)
                 self._drop()  # an unfinished transaction dies with its connection
                 raise
-            sub.held.discard(sd.tag)
             self._with_receipt(
                 what, lambda receipt: self._conn.commit(tx, headers={"receipt": receipt})
             )
+        for item in items:
+            if item.settlement is not None:
+                after_commit(item.then, item.settlement, item.delivery)
 
     def _with_receipt(self, what: str, send: Callable[[str], None]) -> None:
         """Send one frame with a receipt and wait for it; an ERROR answering it, a lost
@@ -611,6 +669,13 @@ class StompTransport(Transport):
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
         self._lost.set()
+        if self._staged:
+            log.warning(
+                "%d settled message(s) were not committed before the connection closed; the "
+                "broker will deliver them again",
+                len(self._staged),
+            )
+            self._staged = []
         for sub in self._by_id.values():
             sub.frames.put(None)  # wakes a browse waiting on it
         self._subs.clear()
