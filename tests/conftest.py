@@ -85,7 +85,11 @@ SERVICE_MARKERS = {
     "drmaa": "sge",
     "ssh": "sshd",
     "rabbitmq": "rabbitmq",
+    "activemq": "activemq",
 }
+# Written by scripts/services/up activemq: a zocalo-style [stomp] section (host, port,
+# username, password, prefix) for the broker on 127.0.0.1:61613.
+STOMP_INI = Path("/var/lib/zbatch-services/stomp.ini")
 SERVICES_STATUS = Path(__file__).resolve().parents[1] / "scripts" / "services" / "status"
 _service_up: dict[str, bool] = {}
 
@@ -103,3 +107,9 @@ def required_services(request: pytest.FixtureRequest) -> None:
     for marker, service in SERVICE_MARKERS.items():
         if request.node.get_closest_marker(marker) and not service_is_up(service):
             pytest.fail(f"{service} is not running: start it with scripts/services/up {service}")
+
+
+@pytest.fixture()
+def stomp_ini() -> Path:
+    """Path of the ActiveMQ STOMP settings file (tests using it are marked activemq)."""
+    return STOMP_INI

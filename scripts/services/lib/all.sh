@@ -11,3 +11,5 @@ source "$ZS_LIB/sge.sh"
 source "$ZS_LIB/sshd.sh"
 # shellcheck source=rabbitmq.sh
 source "$ZS_LIB/rabbitmq.sh"
+# shellcheck source=activemq.sh
+source "$ZS_LIB/activemq.sh"

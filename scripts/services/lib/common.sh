@@ -6,7 +6,7 @@ ZS_STATE=${ZS_STATE:-/var/lib/zbatch-services}
 ZS_LOG=${ZS_LOG:-/var/log/zbatch-services}
 # Seconds to wait for one service to become usable.
 ZS_TIMEOUT=${ZS_TIMEOUT:-60}
-ZS_ALL_SERVICES=(slurm sge sshd rabbitmq)
+ZS_ALL_SERVICES=(slurm sge sshd rabbitmq activemq)
 
 # Grid Engine client environment (also handed to ssh sessions by our sshd).
 # shellcheck disable=SC2034  # used by sge.sh and sshd.sh
