@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import queue as queue_mod
 import socket
+import sqlite3
 import subprocess
 import time
 import uuid
@@ -450,3 +451,55 @@ def test_settlements_in_flight_share_one_commit(make_queue: MakeQueue) -> None:
         transport.disconnect()
     with StompTransport(settings()) as reader:
         assert sorted(reader.browse(onward), key=lambda d: d.body)[0].body == b"0"
+
+
+def test_a_message_that_keeps_losing_its_consumer_is_dead_lettered(
+    make_queue: MakeQueue, tmp_path: Path
+) -> None:
+    """ActiveMQ redelivers a message cut off by a disconnect without end (it counts NACKs
+    only): zbatch counts the redeliveries on disk, so a consumer that crashes on a message
+    every time stops meeting it after max_deliveries, as with a quorum queue's limit."""
+    name = make_queue()
+    counts = tmp_path / "state" / "stomp-deliveries.sqlite"
+    with StompTransport(settings(), counts) as producer:
+        producer.publish(name, b"kills its consumer", {RECIPE_HEADER: True})
+    seen = []
+    for _ in range(3):  # each consumer "crashes": its connection ends with the message held
+        consumer = StompTransport(settings(max_deliveries=3), counts)
+        delivery = receive(consumer, name, 10)
+        seen.append(delivery.delivery_count)
+        consumer._drop()
+    assert seen == [1, 2, 3]
+    last = StompTransport(settings(max_deliveries=3), counts)
+    try:
+        assert last.receive(name, 2) is None  # the fourth delivery went to the DLQ instead
+        (dead,) = dlq_show(last, name)
+        assert dead.body == b"kills its consumer" and dead.origin == name
+        assert dead.reason is not None and "delivered 4 times and never settled" in dead.reason
+    finally:
+        last.disconnect()
+    with sqlite3.connect(counts) as db:  # settled (dead-lettered): its count is forgotten
+        assert db.execute("SELECT count(*) FROM redeliveries").fetchone() == (0,)
+
+
+def test_what_activemq_dead_letters_itself_is_shown_with_origin_and_reason(
+    transport: StompTransport, make_queue: MakeQueue
+) -> None:
+    """A raw client NACKs past the broker's redelivery limit: the copy in DLQ.<queue> names
+    its origin (`original-destination`) but no reason; zbatch shows where and why."""
+    name = make_queue()
+    transport.publish(name, b"refused by someone else", {})
+    raw = RawClient()
+    try:
+        raw.conn.subscribe(transport.queue_destination(name), "nacker", ack="client-individual")
+        for _ in range(4):  # the first delivery and three redeliveries (activemq.sh)
+            frame = raw.frames.get(timeout=10)
+            raw.conn.nack(frame.headers["ack"])
+    finally:
+        raw.close()
+    deadline = time.monotonic() + 10
+    while not (letters := dlq_show(transport, name)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    (letter,) = letters
+    assert letter.body == b"refused by someone else" and letter.origin == name
+    assert letter.reason is not None and "dead-lettered by ActiveMQ" in letter.reason

@@ -72,9 +72,11 @@ def make_transport(config: TransportConfig) -> Transport:
     if config.kind == "stomp":
         from zbatch.transport.stomp import StompTransport
 
+        # Redeliveries are counted beside the ledger (zbatch.transport.stomp_deliveries).
+        counts = default_state_dir() / "stomp-deliveries.sqlite"
         if config.stomp is not None:
-            return StompTransport(config.stomp)
-        return StompTransport.from_conf(config.stomp_conf)
+            return StompTransport(config.stomp, counts)
+        return StompTransport.from_conf(config.stomp_conf, counts)
     raise TransportError(
         f"unknown transport {config.kind!r}; use embedded, pika or stomp", transient=False
     )

@@ -31,12 +31,14 @@ import logging
 import queue as queue_module
 import re
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import stomp
@@ -59,6 +61,7 @@ from zbatch.transport.base import (
     Transport,
     after_commit,
 )
+from zbatch.transport.stomp_deliveries import DeliveryLog
 from zbatch.transport.stomp_settings import StompSettings
 
 __all__ = [
@@ -102,6 +105,7 @@ SAFE_HEADER_NAME = re.compile(r"[^\x00-\x1f\x7f:\\]{1,256}")
 SAFE_NAME = re.compile(r"[^\s,*>/\\]{1,255}")
 # ActiveMQ's own reason on a message it dead-lettered (redeliveries exhausted).
 BROKER_DLQ_REASON = "dlqDeliveryFailureCause"
+BROKER_DLQ_TEXT = "dead-lettered by ActiveMQ: rejected (NACK) more often than its redelivery limit"
 # Where a message ActiveMQ dead-lettered was (a destination, "/queue/zocalo.q").
 BROKER_ORIGIN = "original-destination"
 
@@ -115,6 +119,9 @@ class StompDelivery(Delivery):
     subscription: str = ""
     generation: int = 0
     destination: str = ""
+    message_id: str = ""
+    # Delivered before (ActiveMQ's `redelivered`), not a copy zbatch requeued.
+    broker_redelivered: bool = False
 
 
 @dataclass
@@ -160,8 +167,13 @@ class StompTransport(Transport):
     """One STOMP connection; one subscription per queue received from (kept until
     `disconnect()`), each holding up to `settings.prefetch` unacked messages."""
 
-    def __init__(self, settings: StompSettings | None = None) -> None:
+    def __init__(
+        self, settings: StompSettings | None = None, delivery_log: Path | None = None
+    ) -> None:
+        """`delivery_log`: where redeliveries are counted (see stomp_deliveries); without
+        one, a message that keeps losing its consumer is redelivered without end."""
         self.settings = settings or StompSettings()
+        self._deliveries = DeliveryLog(delivery_log) if delivery_log else None
         self._conn: Any = None
         self._generation = 0
         self._lost = threading.Event()
@@ -176,10 +188,10 @@ class StompTransport(Transport):
         self._ever_connected = False
 
     @classmethod
-    def from_conf(cls, path: str | None) -> StompTransport:
+    def from_conf(cls, path: str | None, delivery_log: Path | None = None) -> StompTransport:
         """`--stomp-conf FILE` (zocalo `[stomp]` INI); without one, the environment."""
         settings = StompSettings.from_ini(path) if path else StompSettings.from_env()
-        return cls(settings)
+        return cls(settings, delivery_log)
 
     def __repr__(self) -> str:
         return f"StompTransport({self.settings})"
@@ -229,6 +241,8 @@ class StompTransport(Transport):
         if self.connected:
             self._commit_staged()
         self._drop()
+        if self._deliveries is not None:
+            self._deliveries.close()
 
     # -- publishing ---------------------------------------------------------------------------
 
@@ -300,7 +314,26 @@ class StompTransport(Transport):
                 continue
             delivery = self._delivery(sub, queue, frame)
             sub.held.add(delivery.tag)
+            if self._past_delivery_limit(delivery):
+                continue
             return delivery
+
+    def _past_delivery_limit(self, delivery: StompDelivery) -> bool:
+        """Count a redelivery; past the limit, dead-letter it (as a quorum queue would)."""
+        if self._deliveries is None or not delivery.broker_redelivered:
+            return False
+        seen = self._deliveries.redelivered(delivery.message_id)
+        delivery.delivery_count = max(delivery.delivery_count, seen + 1)
+        if delivery.delivery_count <= self.settings.max_deliveries:
+            return False
+        reason = (
+            f"delivered {delivery.delivery_count} times and never settled (each consumer "
+            f"stopped or lost its connection while holding it); the limit is "
+            f"{self.settings.max_deliveries}"
+        )
+        log.warning("message %s from %r: %s", delivery.tag, delivery.queue, reason)
+        self.dead_letter(delivery, reason)
+        return True
 
     def get(self, queue: str, wait_s: float = 1.0) -> StompDelivery | None:
         """One message, if one arrives within `wait_s` (STOMP has no basic.get); ack, nack or
@@ -518,9 +551,20 @@ class StompTransport(Transport):
             self._with_receipt(
                 what, lambda receipt: self._conn.commit(tx, headers={"receipt": receipt})
             )
+        self._forget_counts(items)
         for item in items:
             if item.settlement is not None:
                 after_commit(item.then, item.settlement, item.delivery)
+
+    def _forget_counts(self, items: list[_Pending]) -> None:
+        """Settled: their redelivery counts are of no use any more."""
+        if self._deliveries is None:
+            return
+        counted = [i.delivery.message_id for i in items if i.delivery.broker_redelivered]
+        try:
+            self._deliveries.settled(counted)
+        except sqlite3.Error as exc:  # a row left behind is pruned after a week
+            log.warning("delivery counts (%s): %s", self._deliveries.path, exc)
 
     def _with_receipt(self, what: str, send: Callable[[str], None]) -> None:
         """Send one frame with a receipt and wait for it; an ERROR answering it, a lost
@@ -572,6 +616,8 @@ class StompTransport(Transport):
         original = kept.pop(BROKER_ORIGIN, None)
         if original and ORIGIN_HEADER not in kept:
             kept[ORIGIN_HEADER] = self.logical_queue(original)
+            # ActiveMQ gives no reason of its own: its redelivery limit (NACKs) ran out.
+            kept.setdefault(REASON_HEADER, BROKER_DLQ_TEXT)
         return StompDelivery(
             tag=next(self._ids),
             queue=queue,
@@ -580,6 +626,8 @@ class StompTransport(Transport):
             redelivered=redelivered or requeues > 0,
             delivery_count=1 + requeues + (1 if redelivered else 0),
             ack_id=headers.get("ack") or headers.get("message-id", ""),
+            message_id=headers.get("message-id", ""),
+            broker_redelivered=redelivered,
             subscription=sub.id,
             generation=sub.generation,
             destination=sub.destination,

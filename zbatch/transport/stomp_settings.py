@@ -39,6 +39,8 @@ class StompSettings:
     receipt_timeout_s: float = 30.0
     # STOMP heart-beats both ways, in milliseconds (stomp.py answers them on its own thread).
     heartbeat_ms: int = 10000
+    # Deliveries of one message before it is dead-lettered (zocalo's quorum delivery limit).
+    max_deliveries: int = 5
 
     def __post_init__(self) -> None:
         if not self.host or "," in self.host:
