@@ -5,10 +5,15 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+from zbatch.errors import TransportError
 from zbatch.service.ledger import Ledger, LedgerEntry
+
+T = TypeVar("T")
+SERVICES = Path(__file__).resolve().parents[1] / "scripts" / "services"
 
 
 class ZbatchRun(Protocol):
@@ -19,6 +24,25 @@ class ZbatchRun(Protocol):
         input_text: str | None = ...,
         env: dict[str, str] | None = ...,
     ) -> subprocess.CompletedProcess[str]: ...
+
+
+def restart_service(name: str) -> None:
+    """`scripts/services/restart NAME`, which returns once the service is usable again."""
+    done = subprocess.run(
+        [str(SERVICES / "restart"), name], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def retry_transient(action: Callable[[], T], attempts: int = 3) -> T:
+    """What a caller does with a transient TransportError: try again."""
+    for attempt in range(attempts):
+        try:
+            return action()
+        except TransportError as exc:
+            if not exc.transient or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def write_recipe(path: Path, recipe: dict[str, Any]) -> Path:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import queue as queue_mod
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,6 +19,7 @@ from workflows.recipe import Recipe as WorkflowsRecipe
 from workflows.recipe.wrapper import RecipeWrapper
 from workflows.transport.pika_transport import PikaTransport as WorkflowsPika
 
+from tests.helpers import restart_service, retry_transient
 from zbatch.errors import TransportError
 from zbatch.model.message import RECIPE_HEADER, StepMessage
 from zbatch.model.recipe import Recipe
@@ -73,19 +73,7 @@ def receive(transport: PikaTransport, queue: str, timeout: float = 5) -> PikaDel
 
 
 def restart_broker() -> None:
-    done = subprocess.run([str(RESTART), "rabbitmq"], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-
-
-def retry_transient(action: Callable[[], Any], attempts: int = 3) -> Any:
-    """What a caller does with a transient TransportError: try again."""
-    for attempt in range(attempts):
-        try:
-            return action()
-        except TransportError as exc:
-            if not exc.transient or attempt == attempts - 1:
-                raise
-    return None
+    restart_service("rabbitmq")
 
 
 def test_setup_broker_declares_queue_and_dlq_and_is_idempotent(

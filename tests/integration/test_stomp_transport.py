@@ -11,7 +11,6 @@ import copy
 import queue as queue_mod
 import socket
 import sqlite3
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,6 +23,7 @@ from workflows.recipe import Recipe as WorkflowsRecipe
 from workflows.recipe.wrapper import RecipeWrapper
 from workflows.transport.stomp_transport import StompTransport as WorkflowsStomp
 
+from tests.helpers import restart_service, retry_transient
 from zbatch.errors import TransportError
 from zbatch.model.message import RECIPE_HEADER, StepMessage, is_recipe_message
 from zbatch.model.recipe import Recipe
@@ -101,19 +101,7 @@ def receive(transport: StompTransport, queue: str, timeout: float = 5) -> StompD
 
 
 def restart_broker() -> None:
-    done = subprocess.run([str(RESTART), "activemq"], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-
-
-def retry_transient(action: Callable[[], Any], attempts: int = 3) -> Any:
-    """What a caller does with a transient TransportError: try again."""
-    for attempt in range(attempts):
-        try:
-            return action()
-        except TransportError as exc:
-            if not exc.transient or attempt == attempts - 1:
-                raise
-    return None
+    restart_service("activemq")
 
 
 class RawClient:

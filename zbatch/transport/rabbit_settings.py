@@ -8,7 +8,6 @@ sit in a world-readable config) and a few connection tunables. The password neve
 
 from __future__ import annotations
 
-import configparser
 import functools
 import os
 import re
@@ -18,7 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-from zbatch.errors import TransportError
+from zbatch.transport.ini_settings import bad as _bad
+from zbatch.transport.ini_settings import read_password_file, read_section
 
 URL_ENV = "ZBATCH_RABBIT_URL"
 CONF_ENV = "ZBATCH_RABBIT_CONF"
@@ -88,25 +88,7 @@ class RabbitSettings:
 
     @classmethod
     def from_ini(cls, path: str | Path) -> RabbitSettings:
-        parser = configparser.ConfigParser(interpolation=None)
-        try:
-            with open(path, encoding="utf-8") as handle:
-                parser.read_file(handle)
-        except OSError as exc:
-            raise _bad(f"cannot read RabbitMQ settings {path}: {exc.strerror or exc}") from None
-        except UnicodeDecodeError:
-            raise _bad(f"cannot read RabbitMQ settings {path}: not UTF-8 text") from None
-        except configparser.Error as exc:
-            # configparser quotes the offending line, which may be the password: never shown.
-            raise _bad(f"cannot read RabbitMQ settings {path}: {ini_problem(exc)}") from None
-        if not parser.has_section("rabbit"):
-            raise _bad(f"{path}: no [rabbit] section")
-        items = dict(parser.items("rabbit"))
-        password_file = items.pop("password_file", None)
-        unknown = sorted(set(items) - set(INI_KEYS))
-        if unknown:
-            allowed = ", ".join([*INI_KEYS, "password_file"])
-            raise _bad(f"{path}: unknown [rabbit] keys {', '.join(unknown)}; allowed: {allowed}")
+        items, password_file = read_section(path, "rabbit", "RabbitMQ", list(INI_KEYS))
         settings = _build({INI_KEYS[k]: v for k, v in items.items()}, str(path))
         return settings.with_password_file(password_file) if password_file else settings
 
@@ -158,12 +140,7 @@ class RabbitSettings:
         return settings.with_password_file(password_file) if password_file else settings
 
     def with_password_file(self, path: str) -> RabbitSettings:
-        try:
-            secret = Path(path).expanduser().read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise _bad(f"cannot read the RabbitMQ password file {path}: {exc.strerror}") from None
-        except UnicodeDecodeError:
-            raise _bad(f"the RabbitMQ password file {path} is not UTF-8 text") from None
+        secret = read_password_file(path, "RabbitMQ")
         return replace(self, password=secret, password_forms=())
 
 
@@ -176,18 +153,6 @@ def _spellings(password: str) -> re.Pattern[str]:
         options = [re.escape(char), f"(?i:{re.escape(encoded)})"] + (["\\+"] if char == " " else [])
         parts.append(f"(?:{'|'.join(options)})")
     return re.compile("".join(parts))
-
-
-def ini_problem(exc: configparser.Error) -> str:
-    """What is wrong with an INI file, by line number, without quoting the line."""
-    if isinstance(exc, configparser.MissingSectionHeaderError):
-        return f"line {exc.lineno} comes before any [section] header"
-    if isinstance(exc, configparser.ParsingError):
-        lines = ", ".join(str(number) for number, _line in exc.errors)
-        return f"line {lines} is not 'key = value' (the line is not shown: it may hold a secret)"
-    if isinstance(exc, configparser.DuplicateOptionError | configparser.DuplicateSectionError):
-        return str(exc)  # names the section and key only
-    return type(exc).__name__
 
 
 def _build(values: dict[str, Any], source: str) -> RabbitSettings:
@@ -205,7 +170,3 @@ def _build(values: dict[str, Any], source: str) -> RabbitSettings:
             # The value is not shown: a password typed on the wrong line would be.
             raise _bad(f"{source}: {name} must be a number") from None
     return RabbitSettings(**converted)
-
-
-def _bad(message: str) -> TransportError:
-    return TransportError(message, transient=False)

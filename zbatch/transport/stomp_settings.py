@@ -8,15 +8,14 @@ name). zbatch adds `password_file`, as for RabbitMQ. The password never appears 
 
 from __future__ import annotations
 
-import configparser
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from zbatch.errors import TransportError
-from zbatch.transport.rabbit_settings import ini_problem
+from zbatch.transport.ini_settings import bad as _bad
+from zbatch.transport.ini_settings import read_password_file, read_section
 
 URL_ENV = "ZBATCH_STOMP_URL"
 CONF_ENV = "ZBATCH_STOMP_CONF"
@@ -66,24 +65,7 @@ class StompSettings:
 
     @classmethod
     def from_ini(cls, path: str | Path) -> StompSettings:
-        parser = configparser.ConfigParser(interpolation=None)
-        try:
-            with open(path, encoding="utf-8") as handle:
-                parser.read_file(handle)
-        except OSError as exc:
-            raise _bad(f"cannot read STOMP settings {path}: {exc.strerror or exc}") from None
-        except UnicodeDecodeError:
-            raise _bad(f"cannot read STOMP settings {path}: not UTF-8 text") from None
-        except configparser.Error as exc:
-            raise _bad(f"cannot read STOMP settings {path}: {ini_problem(exc)}") from None
-        if not parser.has_section("stomp"):
-            raise _bad(f"{path}: no [stomp] section")
-        items = dict(parser.items("stomp"))
-        password_file = items.pop("password_file", None)
-        unknown = sorted(set(items) - set(INI_KEYS))
-        if unknown:
-            allowed = ", ".join([*INI_KEYS, "password_file"])
-            raise _bad(f"{path}: unknown [stomp] keys {', '.join(unknown)}; allowed: {allowed}")
+        items, password_file = read_section(path, "stomp", "STOMP", list(INI_KEYS))
         settings = _build(items, str(path))
         return settings.with_password_file(password_file) if password_file else settings
 
@@ -120,12 +102,7 @@ class StompSettings:
         return cls.from_url(url) if url else cls.from_ini(conf) if conf else cls()
 
     def with_password_file(self, path: str) -> StompSettings:
-        try:
-            secret = Path(path).expanduser().read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise _bad(f"cannot read the STOMP password file {path}: {exc.strerror}") from None
-        except UnicodeDecodeError:
-            raise _bad(f"the STOMP password file {path} is not UTF-8 text") from None
+        secret = read_password_file(path, "STOMP")
         return replace(self, password=secret)
 
 
@@ -141,7 +118,3 @@ def _build(values: dict[str, str], source: str) -> StompSettings:
         password=values.get("password", ""),
         prefix=values.get("prefix", ""),
     )
-
-
-def _bad(message: str) -> TransportError:
-    return TransportError(message, transient=False)
